@@ -1,0 +1,115 @@
+#include "settings.h"
+
+#include <stdio.h>
+
+static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+static const char *const crash_steps[] = {"begin", "pull", "create", "start", "health", "switch",
+					  "drain", "stop", "retire", "done", NULL};
+
+const struct config_key agent_settings[] = {
+	/* Coordinator */
+	{.name = "coordinator.url", .type = CONFIG_URL, .default_value = NULL,
+	 .help = "Coordinator base URL (https verifies its certificate)",
+	 .required = true},
+	{.name = "coordinator.ca_file", .type = CONFIG_PATH, .default_value = NULL,
+	 .help = "CA bundle for the coordinator (default: system bundle)"},
+	{.name = "coordinator.bootstrap_token", .type = CONFIG_SECRET, .default_value = NULL,
+	 .help = "Fleet enrolment secret exchanged for a per-agent token at registration", .required = true},
+	{.name = "coordinator.retry_base", .type = CONFIG_DURATION, .default_value = "1s",
+	 .help = "First retry delay for a failed coordinator request (full-jitter backoff)",
+	 .min = 10, .max = 60000},
+	{.name = "coordinator.retry_cap", .type = CONFIG_DURATION, .default_value = "30s",
+	 .help = "Longest retry delay for coordinator requests (the agent never gives up)",
+	 .min = 100, .max = 600000},
+
+	/* Identity */
+	{.name = "agent.instance_id", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "Instance id (default: from the instance metadata service, else the hostname)", .max = 128},
+	{.name = "agent.fleet", .type = CONFIG_STRING, .default_value = "default",
+	 .help = "Fleet this instance belongs to", .max = 64},
+	{.name = "agent.state_dir", .type = CONFIG_PATH, .default_value = "/var/lib/slipway-agent",
+	 .help = "Journal, identity, proxy routes and log checkpoints live here"},
+	{.name = "agent.journal_max_size", .type = CONFIG_SIZE, .default_value = "1M",
+	 .help = "The deploy journal is compacted into a snapshot when it grows past this",
+	 .min = 4096, .max = (int64_t)1 << 30},
+	{.name = "agent.inventory_interval", .type = CONFIG_DURATION, .default_value = "60s",
+	 .help = "The container inventory is sent at least this often (and on every change)",
+	 .min = 1000, .max = 3600000},
+
+	/* Docker */
+	{.name = "docker.socket", .type = CONFIG_PATH, .default_value = "/var/run/docker.sock",
+	 .help = "Docker Engine API socket"},
+	{.name = "docker.network", .type = CONFIG_STRING, .default_value = "slipway",
+	 .help = "Docker network the app containers join (created if missing)", .max = 64},
+
+	/* Deploys */
+	{.name = "deploy.min_free_disk", .type = CONFIG_SIZE, .default_value = "1G",
+	 .help = "Refuse to pull when Docker's disk has less free"},
+	{.name = "deploy.keep_releases", .type = CONFIG_INT, .default_value = "3",
+	 .help = "Stopped releases kept per app for instant rollback",
+	 .min = 0, .max = 20},
+	{.name = "deploy.pull_timeout", .type = CONFIG_DURATION, .default_value = "15m",
+	 .help = "Give up on a pull after this long"},
+	{.name = "deploy.drain_timeout", .type = CONFIG_DURATION, .default_value = "30s",
+	 .help = "How long in-flight requests on the old containers may take to finish"},
+	{.name = "deploy.log_max_size", .type = CONFIG_SIZE, .default_value = "10M",
+	 .help = "json-file log size per container file"},
+	{.name = "deploy.log_max_files", .type = CONFIG_INT, .default_value = "3",
+	 .help = "json-file log files kept per container",
+	 .min = 1, .max = 100},
+	{.name = "deploy.labels", .type = CONFIG_STRING, .default_value = "",
+	 .help = "Extra labels key=value[,key=value] put on every container and network the agent "
+		 "creates; the agent also manages only containers that carry them", .max = 1024},
+	{.name = "deploy.name_prefix", .type = CONFIG_STRING, .default_value = "slipway",
+	 .help = "Container names are <prefix>-<app>-<service>-g<generation>-<n>", .max = 32},
+	{.name = "deploy.output_tail_lines", .type = CONFIG_INT, .default_value = "20",
+	 .help = "Lines of a failing container's output sent with a failed job",
+	 .min = 1, .max = 1000},
+
+	/* Proxy */
+	{.name = "proxy.bind", .type = CONFIG_STRING, .default_value = "0.0.0.0",
+	 .help = "Address the public listeners bind to", .max = 64},
+	{.name = "proxy.control_socket", .type = CONFIG_PATH, .default_value = NULL,
+	 .help = "Proxy control socket (default: <state_dir>/proxy.sock)"},
+	{.name = "proxy.spawn", .type = CONFIG_BOOL, .default_value = "true",
+	 .help = "Start the proxy process when none answers (false when a service manager runs it)"},
+	{.name = "proxy.health_path", .type = CONFIG_STRING, .default_value = "/_slipway/health",
+	 .help = "Path the load balancer checks on every listener", .max = 256},
+	{.name = "proxy.idle_timeout", .type = CONFIG_DURATION, .default_value = "75s",
+	 .help = "Client keep-alive idle timeout (longer than the load balancer's, ALB: 60 s)"},
+	{.name = "proxy.header_timeout", .type = CONFIG_DURATION, .default_value = "10s",
+	 .help = "Time a client has to send its request headers"},
+	{.name = "proxy.max_header_size", .type = CONFIG_SIZE, .default_value = "16k",
+	 .help = "Cap on a request's header block",
+	 .min = 1024, .max = 1 << 20},
+	{.name = "proxy.connect_timeout", .type = CONFIG_DURATION, .default_value = "5s",
+	 .help = "Time to connect to a container"},
+	{.name = "proxy.upstream_timeout", .type = CONFIG_DURATION, .default_value = "60s",
+	 .help = "Time a container has to start answering a request (then 504)"},
+	{.name = "proxy.upstream_idle_timeout", .type = CONFIG_DURATION, .default_value = "30s",
+	 .help = "Pooled keep-alive connections to containers are closed after this long idle"},
+	{.name = "proxy.stop_timeout", .type = CONFIG_DURATION, .default_value = "30s",
+	 .help = "On SIGTERM or hand-over: how long requests in flight may take before they are cut"},
+
+	/* Test hooks */
+	{.name = "debug.crash_at", .type = CONFIG_ENUM, .default_value = NULL,
+	 .help = "TEST HOOK, never in production: the agent kills itself (SIGKILL) right after "
+		 "journalling this step of a swap", .choices = crash_steps},
+
+	/* Logging */
+	{.name = "log.level", .type = CONFIG_ENUM, .default_value = "info",
+	 .help = "Least severe level logged", .choices = log_levels},
+	{.name = "log.syslog", .type = CONFIG_BOOL, .default_value = "false",
+	 .help = "Log to syslog instead of stderr"},
+};
+
+const size_t agent_settings_count = sizeof agent_settings / sizeof agent_settings[0];
+
+void agent_settings_path(const struct config *cfg, const char *key, const char *default_name,
+			 char *out, size_t cap)
+{
+	if (config_has(cfg, key))
+		snprintf(out, cap, "%s", config_str(cfg, key));
+	else
+		snprintf(out, cap, "%s/%s", config_str(cfg, "agent.state_dir"), default_name);
+}

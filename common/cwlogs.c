@@ -1,0 +1,782 @@
+#include "cwlogs.h"
+
+#include <ev.h>
+#include <stdarg.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "backoff.h"
+#include "http_client.h"
+#include "json.h"
+#include "log.h"
+#include "sigv4.h"
+
+#define DEFAULT_TIMEOUT_MS 30000
+#define DEFAULT_RETRY_BASE_MS 200
+#define DEFAULT_RETRY_CAP_MS 20000
+#define DEFAULT_UNREACHABLE_ATTEMPTS 2
+#define BODY_MAX ((size_t)64 << 20) /* 1 MiB of messages, escaped, fits easily */
+#define HOST_MAX 256
+
+enum step { ST_PUT, ST_CREATE_STREAM, ST_CREATE_GROUP, ST_RETENTION };
+
+static const char *const step_target[] = {
+	[ST_PUT] = "PutLogEvents",
+	[ST_CREATE_STREAM] = "CreateLogStream",
+	[ST_CREATE_GROUP] = "CreateLogGroup",
+	[ST_RETENTION] = "PutRetentionPolicy",
+};
+
+struct cwcall {
+	struct cwlogs *cw;
+	struct cwcall *prev, *next;
+	uint64_t id;
+	char *group;
+	char *stream;
+	const struct cwlogs_event *ev;
+	size_t n;
+	enum step step;
+	int rounds;              /* create rounds so far */
+	int fails;               /* unreachable failures in a row */
+	int requests;            /* requests sent, all steps */
+	bool creds_retried;
+	bool skew_retried;
+	bool waiting_creds;
+	bool timer_on;
+	uint64_t http_id;
+	ev_timer delay;
+	const struct aws_credentials *used; /* referenced while a request is out */
+	struct cwlogs_result res;
+	char code[128];
+	char msg[512];
+	cwlogs_done_fn done;
+	void *arg;
+};
+
+struct cwlogs {
+	struct ev_loop *loop;
+	struct http_client *http;
+	struct aws_credentials_provider *creds;
+	struct sigv4_signer signer;
+	char *url;
+	char host[HOST_MAX];
+	char path[HOST_MAX];
+	char *ca_file;
+	int64_t timeout_ms;
+	struct backoff_policy retry;
+	int unreachable_attempts;
+	int retention_days;
+	struct cwcall *calls;
+	uint64_t next_id;
+	size_t pending;
+};
+
+/* ---- JSON building ---- */
+
+static const char hexdig[] = "0123456789abcdef";
+
+static inline int needs_escape(unsigned char c)
+{
+	return c < 0x20 || c == '"' || c == '\\';
+}
+
+size_t cwlogs_json_string_len(const char *s, size_t len)
+{
+	size_t n = 2;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (!needs_escape(c))
+			n++;
+		else if (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' || c == '\b' ||
+			 c == '\f')
+			n += 2;
+		else
+			n += 6;
+	}
+	return n;
+}
+
+int cwlogs_json_string(struct buf *out, const char *s, size_t len)
+{
+	if (buf_append_byte(out, '"') < 0)
+		return -1;
+	size_t run = 0;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (!needs_escape(c))
+			continue;
+		if (i > run && buf_append(out, s + run, i - run) < 0)
+			return -1;
+		run = i + 1;
+		char esc[6] = {'\\', 0};
+		size_t el = 2;
+		switch (c) {
+		case '"': esc[1] = '"'; break;
+		case '\\': esc[1] = '\\'; break;
+		case '\n': esc[1] = 'n'; break;
+		case '\r': esc[1] = 'r'; break;
+		case '\t': esc[1] = 't'; break;
+		case '\b': esc[1] = 'b'; break;
+		case '\f': esc[1] = 'f'; break;
+		default:
+			esc[1] = 'u';
+			esc[2] = '0';
+			esc[3] = '0';
+			esc[4] = hexdig[c >> 4];
+			esc[5] = hexdig[c & 15];
+			el = 6;
+		}
+		if (buf_append(out, esc, el) < 0)
+			return -1;
+	}
+	if (len > run && buf_append(out, s + run, len - run) < 0)
+		return -1;
+	return buf_append_byte(out, '"');
+}
+
+int cwlogs_put_body(struct buf *out, const char *group, const char *stream,
+		    const struct cwlogs_event *events, size_t count)
+{
+	size_t old = out->len;
+	int rc = buf_append_str(out, "{\"logGroupName\":");
+	rc |= cwlogs_json_string(out, group, strlen(group));
+	rc |= buf_append_str(out, ",\"logStreamName\":");
+	rc |= cwlogs_json_string(out, stream, strlen(stream));
+	rc |= buf_append_str(out, ",\"logEvents\":[");
+	for (size_t i = 0; rc == 0 && i < count; i++) {
+		char num[48];
+		int k = snprintf(num, sizeof num, "%s{\"timestamp\":%" PRId64 ",\"message\":",
+				 i ? "," : "", events[i].ts_ms);
+		rc |= buf_append(out, num, (size_t)k);
+		rc |= cwlogs_json_string(out, events[i].message, events[i].len);
+		rc |= buf_append_byte(out, '}');
+	}
+	rc |= buf_append_str(out, "]}");
+	if (rc) {
+		out->len = old;
+		if (out->data)
+			out->data[old] = '\0';
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- answers ---- */
+
+void cwlogs_parse_error(const char *body, size_t len, const char *error_type_header,
+			char *code, size_t code_cap, char *msg, size_t msg_cap)
+{
+	code[0] = '\0';
+	msg[0] = '\0';
+	const char *type = NULL;
+	cJSON *doc = len ? json_parse(body, len, CWLOGS_MAX_ANSWER, NULL) : NULL;
+	if (cJSON_IsObject(doc)) {
+		const cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "__type");
+		if (cJSON_IsString(t))
+			type = t->valuestring;
+		const cJSON *m = cJSON_GetObjectItemCaseSensitive(doc, "message");
+		if (!cJSON_IsString(m))
+			m = cJSON_GetObjectItemCaseSensitive(doc, "Message");
+		if (cJSON_IsString(m))
+			snprintf(msg, msg_cap, "%s", m->valuestring);
+	}
+	if (!type || !*type)
+		type = error_type_header;
+	if (type) {
+		/* "com.amazonaws.logs#ResourceNotFoundException" and
+		 * "ThrottlingException:http://internal.amazon.com/..." both name the code. */
+		const char *hash = strrchr(type, '#');
+		const char *start = hash ? hash + 1 : type;
+		size_t n = strcspn(start, ":");
+		if (n >= code_cap)
+			n = code_cap - 1;
+		memcpy(code, start, n);
+		code[n] = '\0';
+	}
+	if (!msg[0] && len && !doc) {
+		/* Not JSON (a proxy's error page): keep the start for the log. */
+		size_t n = len < msg_cap - 1 ? len : msg_cap - 1;
+		for (size_t i = 0; i < n; i++)
+			msg[i] = (body[i] >= 0x20 && body[i] < 0x7f) ? body[i] : ' ';
+		msg[n] = '\0';
+	}
+	cJSON_Delete(doc);
+}
+
+static int64_t opt_index(const cJSON *info, const char *key, int64_t max)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(info, key);
+	if (!cJSON_IsNumber(v) || v->valuedouble < 0)
+		return -1;
+	double d = v->valuedouble;
+	return d > (double)max ? max : (int64_t)d;
+}
+
+int cwlogs_parse_rejected(const char *body, size_t len, size_t count, struct cwlogs_result *res)
+{
+	res->too_new_start = res->too_old_end = res->expired_end = -1;
+	res->rejected = 0;
+	if (!len)
+		return 0;
+	cJSON *doc = json_parse(body, len, CWLOGS_MAX_ANSWER, NULL);
+	if (!doc)
+		return -1;
+	const cJSON *info = cJSON_GetObjectItemCaseSensitive(doc, "rejectedLogEventsInfo");
+	if (cJSON_IsObject(info)) {
+		int64_t n = (int64_t)count;
+		res->too_new_start = opt_index(info, "tooNewLogEventStartIndex", n);
+		res->too_old_end = opt_index(info, "tooOldLogEventEndIndex", n);
+		res->expired_end = opt_index(info, "expiredLogEventEndIndex", n);
+		/* Too old and expired both cut from the front; count the union once. */
+		int64_t front = res->too_old_end > res->expired_end ? res->too_old_end
+								      : res->expired_end;
+		if (front < 0)
+			front = 0;
+		int64_t back = res->too_new_start >= 0 ? n - res->too_new_start : 0;
+		if (front + back > n)
+			back = n - front;
+		res->rejected = (size_t)(front + back);
+	}
+	cJSON_Delete(doc);
+	return 0;
+}
+
+static int code_is(const char *code, const char *name)
+{
+	return strcmp(code, name) == 0;
+}
+
+enum cwlogs_error_class cwlogs_classify(long status, const char *code, const char *message)
+{
+	if (!code)
+		code = "";
+	if (!message)
+		message = "";
+	if (code_is(code, "ResourceNotFoundException"))
+		return CWLOGS_CLASS_NOT_FOUND;
+	if (code_is(code, "ResourceAlreadyExistsException") ||
+	    code_is(code, "DataAlreadyAcceptedException"))
+		return CWLOGS_CLASS_EXISTS;
+	if (code_is(code, "ThrottlingException") || code_is(code, "Throttling") ||
+	    code_is(code, "TooManyRequestsException") || code_is(code, "LimitExceededException") ||
+	    status == 429)
+		return CWLOGS_CLASS_THROTTLE;
+	if (code_is(code, "RequestTimeTooSkewed") || code_is(code, "RequestExpired") ||
+	    code_is(code, "RequestInTheFuture") || strstr(message, "Signature expired") ||
+	    strstr(message, "Signature not yet current"))
+		return CWLOGS_CLASS_SKEW;
+	if (code_is(code, "ExpiredToken") || code_is(code, "ExpiredTokenException") ||
+	    code_is(code, "UnrecognizedClientException") || code_is(code, "InvalidClientTokenId") ||
+	    code_is(code, "InvalidSignatureException") || code_is(code, "SignatureDoesNotMatch") ||
+	    code_is(code, "IncompleteSignature") || code_is(code, "IncompleteSignatureException"))
+		return CWLOGS_CLASS_CREDENTIALS;
+	if (code_is(code, "InvalidParameterException") || code_is(code, "SerializationException") ||
+	    code_is(code, "ValidationException") || code_is(code, "InvalidParameterValue") ||
+	    status == 413)
+		return CWLOGS_CLASS_REFUSED;
+	if (status >= 500 || code_is(code, "ServiceUnavailableException") ||
+	    code_is(code, "ServiceUnavailable") || code_is(code, "InternalFailure") ||
+	    code_is(code, "RequestTimeout") || code_is(code, "RequestTimeoutException") ||
+	    status == 408)
+		return CWLOGS_CLASS_RETRY;
+	return CWLOGS_CLASS_OTHER;
+}
+
+/* ---- calls ---- */
+
+static void on_creds(const struct aws_credentials *creds, const char *error, void *arg);
+
+static void call_free(struct cwcall *c)
+{
+	struct cwlogs *cw = c->cw;
+	if (c->waiting_creds)
+		aws_credentials_cancel(cw->creds, on_creds, c);
+	if (c->timer_on)
+		ev_timer_stop(cw->loop, &c->delay);
+	if (c->http_id)
+		http_client_cancel(cw->http, c->http_id);
+	if (c->used)
+		aws_credentials_unref(c->used);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		cw->calls = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	cw->pending--;
+	free(c->group);
+	free(c->stream);
+	free(c);
+}
+
+static void finish(struct cwcall *c, enum cwlogs_status st)
+{
+	c->res.status = st;
+	cwlogs_done_fn done = c->done;
+	void *arg = c->arg;
+	struct cwlogs_result res = c->res;
+	char code[sizeof c->code], msg[sizeof c->msg];
+	memcpy(code, c->code, sizeof code);
+	memcpy(msg, c->msg, sizeof msg);
+	res.error_code = st == CWLOGS_OK ? "" : code;
+	res.message = st == CWLOGS_OK ? "" : msg;
+	call_free(c);
+	done(&res, arg);
+}
+
+static void start_attempt(struct cwcall *c);
+
+static void on_delay(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	(void)loop;
+	(void)revents;
+	struct cwcall *c = t->data;
+	c->timer_on = false;
+	start_attempt(c);
+}
+
+static void retry_after(struct cwcall *c, int64_t delay_ms)
+{
+	c->res.retries++;
+	if (delay_ms <= 0) {
+		start_attempt(c);
+		return;
+	}
+	ev_timer_set(&c->delay, (double)delay_ms / 1000.0, 0.0);
+	ev_timer_start(c->cw->loop, &c->delay);
+	c->timer_on = true;
+}
+
+static int build_body(struct cwcall *c, struct buf *body)
+{
+	struct cwlogs *cw = c->cw;
+	int rc = 0;
+	switch (c->step) {
+	case ST_PUT:
+		return cwlogs_put_body(body, c->group, c->stream, c->ev, c->n);
+	case ST_CREATE_STREAM:
+		rc |= buf_append_str(body, "{\"logGroupName\":");
+		rc |= cwlogs_json_string(body, c->group, strlen(c->group));
+		rc |= buf_append_str(body, ",\"logStreamName\":");
+		rc |= cwlogs_json_string(body, c->stream, strlen(c->stream));
+		rc |= buf_append_byte(body, '}');
+		return rc;
+	case ST_CREATE_GROUP:
+		rc |= buf_append_str(body, "{\"logGroupName\":");
+		rc |= cwlogs_json_string(body, c->group, strlen(c->group));
+		rc |= buf_append_byte(body, '}');
+		return rc;
+	case ST_RETENTION:
+		rc |= buf_append_str(body, "{\"logGroupName\":");
+		rc |= cwlogs_json_string(body, c->group, strlen(c->group));
+		rc |= buf_printf(body, ",\"retentionInDays\":%d}", cw->retention_days);
+		return rc;
+	}
+	return -1;
+}
+
+static void unreachable(struct cwcall *c, const char *code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* A failure that says nothing about the batch: retry, or give up for now. */
+static void unreachable(struct cwcall *c, const char *code, const char *fmt, ...)
+{
+	snprintf(c->code, sizeof c->code, "%s", code);
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->msg, sizeof c->msg, fmt, ap);
+	va_end(ap);
+	c->fails++;
+	if (c->fails >= c->cw->unreachable_attempts) {
+		finish(c, CWLOGS_UNREACHABLE);
+		return;
+	}
+	retry_after(c, backoff_delay(&c->cw->retry, c->fails));
+}
+
+static void on_http(const struct http_response *resp, void *arg);
+
+static void send_signed(struct cwcall *c, const struct aws_credentials *creds)
+{
+	struct cwlogs *cw = c->cw;
+	struct buf body;
+	buf_init(&body, BODY_MAX);
+	if (build_body(c, &body) < 0) {
+		buf_free(&body);
+		snprintf(c->code, sizeof c->code, "InternalError");
+		snprintf(c->msg, sizeof c->msg, "could not build the %s body (out of memory)",
+			 step_target[c->step]);
+		finish(c, CWLOGS_REFUSED);
+		return;
+	}
+	char target[96];
+	snprintf(target, sizeof target, CWLOGS_TARGET_PREFIX "%s", step_target[c->step]);
+	struct sigv4_header sh[] = {
+		{"Host", cw->host},
+		{"Content-Type", CWLOGS_CONTENT_TYPE},
+		{"X-Amz-Target", target},
+	};
+	struct sigv4_request sreq = {
+		.method = "POST",
+		.path = cw->path,
+		.headers = sh,
+		.header_count = 3,
+		.payload_kind = SIGV4_PAYLOAD_BYTES,
+		.payload = body.data,
+		.payload_len = body.len,
+	};
+	struct sigv4_result sr;
+	struct err err = {{0}};
+	if (sigv4_sign(&cw->signer, creds, &sreq, &sr, &err) < 0) {
+		buf_free(&body);
+		sigv4_result_free(&sr);
+		unreachable(c, "SigningError", "signing: %s", err.msg);
+		return;
+	}
+	/* Header lines: ours, then what the signer adds, then Authorization. */
+	char lines[6][8192];
+	const char *hdrs[8];
+	size_t nh = 0;
+	snprintf(lines[nh], sizeof lines[nh], "Host: %s", cw->host);
+	hdrs[nh] = lines[nh];
+	nh++;
+	snprintf(lines[nh], sizeof lines[nh], "Content-Type: %s", CWLOGS_CONTENT_TYPE);
+	hdrs[nh] = lines[nh];
+	nh++;
+	snprintf(lines[nh], sizeof lines[nh], "X-Amz-Target: %s", target);
+	hdrs[nh] = lines[nh];
+	nh++;
+	for (size_t i = 0; i < sr.add_count && nh < 5; i++) {
+		snprintf(lines[nh], sizeof lines[nh], "%s: %s", sr.add[i].name, sr.add[i].value);
+		hdrs[nh] = lines[nh];
+		nh++;
+	}
+	snprintf(lines[nh], sizeof lines[nh], "Authorization: %s", sr.authorization);
+	hdrs[nh] = lines[nh];
+	nh++;
+	hdrs[nh] = NULL;
+	struct http_request req = {
+		.method = "POST",
+		.url = cw->url,
+		.headers = hdrs,
+		.body = body.data,
+		.body_len = body.len,
+		.timeout_ms = cw->timeout_ms,
+		.max_body = CWLOGS_MAX_ANSWER,
+		.ca_file = cw->ca_file,
+		.on_done = on_http,
+		.arg = c,
+	};
+	c->http_id = http_client_start(cw->http, &req);
+	/* http_client copied the body and the headers: ours can go now. */
+	memset(lines, 0, sizeof lines);
+	sigv4_result_free(&sr);
+	buf_free(&body);
+	if (!c->http_id) {
+		unreachable(c, "InternalError", "could not start the request");
+		return;
+	}
+	c->requests++;
+	if (c->step == ST_PUT)
+		c->res.attempts++;
+	if (c->used)
+		aws_credentials_unref(c->used);
+	c->used = aws_credentials_ref(creds);
+}
+
+static void on_creds(const struct aws_credentials *creds, const char *error, void *arg)
+{
+	struct cwcall *c = arg;
+	c->waiting_creds = false;
+	if (!creds) {
+		unreachable(c, "NoCredentials", "credentials: %s", error ? error : "none");
+		return;
+	}
+	send_signed(c, creds);
+}
+
+static void start_attempt(struct cwcall *c)
+{
+	c->waiting_creds = true;
+	aws_credentials_get(c->cw->creds, on_creds, c);
+}
+
+/* The next step after a create-step success. */
+static void advance_after_create(struct cwcall *c)
+{
+	struct cwlogs *cw = c->cw;
+	switch (c->step) {
+	case ST_CREATE_GROUP:
+		c->step = cw->retention_days > 0 ? ST_RETENTION : ST_CREATE_STREAM;
+		break;
+	case ST_RETENTION:
+	case ST_PUT:
+		c->step = ST_CREATE_STREAM;
+		break;
+	case ST_CREATE_STREAM:
+		c->step = ST_PUT;
+		break;
+	}
+	start_attempt(c);
+}
+
+static void on_http(const struct http_response *resp, void *arg)
+{
+	struct cwcall *c = arg;
+	struct cwlogs *cw = c->cw;
+	c->http_id = 0;
+	c->res.http_status = resp->status;
+	if (resp->error != HTTP_OK) {
+		unreachable(c, "Transport", "%s %s: %s", step_target[c->step],
+			    http_error_name(resp->error), resp->error_msg);
+		return;
+	}
+	if (resp->status >= 200 && resp->status < 300) {
+		c->fails = 0;
+		if (c->step == ST_PUT) {
+			cwlogs_parse_rejected(resp->body, resp->body_len, c->n, &c->res);
+			finish(c, CWLOGS_OK);
+			return;
+		}
+		if (c->step == ST_CREATE_GROUP || c->step == ST_CREATE_STREAM)
+			c->res.created++;
+		if (c->step == ST_CREATE_GROUP)
+			log_info("cwlogs.group_created", "group=%s", c->group);
+		advance_after_create(c);
+		return;
+	}
+	cwlogs_parse_error(resp->body, resp->body_len, http_response_header(resp, "x-amzn-ErrorType"),
+			   c->code, sizeof c->code, c->msg, sizeof c->msg);
+	enum cwlogs_error_class cls = cwlogs_classify(resp->status, c->code, c->msg);
+	if (cls != CWLOGS_CLASS_RETRY && cls != CWLOGS_CLASS_THROTTLE)
+		c->fails = 0;
+	switch (cls) {
+	case CWLOGS_CLASS_THROTTLE:
+		c->res.throttled++;
+		retry_after(c, backoff_delay(&cw->retry, c->res.throttled));
+		return;
+	case CWLOGS_CLASS_RETRY: {
+		char code[sizeof c->code], msg[sizeof c->msg];
+		memcpy(code, c->code, sizeof code);
+		memcpy(msg, c->msg, sizeof msg);
+		unreachable(c, code[0] ? code : "HTTP", "%s: HTTP %ld %s", step_target[c->step],
+			    resp->status, msg);
+		return;
+	}
+	case CWLOGS_CLASS_NOT_FOUND:
+		if (c->step == ST_PUT) {
+			if (c->rounds >= CWLOGS_CREATE_ROUNDS) {
+				finish(c, CWLOGS_UNREACHABLE);
+				return;
+			}
+			c->rounds++;
+			c->step = ST_CREATE_STREAM;
+			start_attempt(c);
+		} else if (c->step == ST_CREATE_STREAM) {
+			c->step = ST_CREATE_GROUP;
+			start_attempt(c);
+		} else if (c->step == ST_RETENTION) {
+			/* The group vanished again: start over with it. */
+			c->step = ST_CREATE_GROUP;
+			start_attempt(c);
+		} else {
+			finish(c, CWLOGS_UNREACHABLE);
+		}
+		return;
+	case CWLOGS_CLASS_EXISTS:
+		if (c->step == ST_PUT) {
+			finish(c, CWLOGS_OK);
+			return;
+		}
+		if (c->step == ST_CREATE_GROUP) {
+			c->step = ST_CREATE_STREAM; /* someone else made it: keep its retention */
+			start_attempt(c);
+			return;
+		}
+		advance_after_create(c);
+		return;
+	case CWLOGS_CLASS_CREDENTIALS:
+		if (c->creds_retried) {
+			finish(c, CWLOGS_UNREACHABLE);
+			return;
+		}
+		c->creds_retried = true;
+		log_warn("cwlogs.credentials_refresh", "error=%s message=\"%s\": refreshing the "
+			 "credentials and retrying once", c->code, c->msg);
+		aws_credentials_invalidate(cw->creds, c->used);
+		retry_after(c, 0);
+		return;
+	case CWLOGS_CLASS_SKEW:
+		if (!c->skew_retried && sigv4_signer_note_skew(&cw->signer, c->code, c->msg,
+							       http_response_header(resp, "Date"))) {
+			c->skew_retried = true;
+			log_warn("cwlogs.clock_skew", "offset_ms=%" PRId64 ": re-signing once",
+				 cw->signer.clock_offset_ms);
+			retry_after(c, 0);
+			return;
+		}
+		finish(c, CWLOGS_UNREACHABLE);
+		return;
+	case CWLOGS_CLASS_REFUSED:
+		if (c->step == ST_RETENTION) {
+			log_warn("cwlogs.retention_refused", "group=%s error=%s message=\"%s\"", c->group,
+				 c->code, c->msg);
+			advance_after_create(c);
+			return;
+		}
+		finish(c, CWLOGS_REFUSED);
+		return;
+	case CWLOGS_CLASS_OTHER:
+		finish(c, CWLOGS_UNREACHABLE);
+		return;
+	}
+}
+
+/* ---- the client ---- */
+
+struct cwlogs *cwlogs_new(struct ev_loop *loop, struct http_client *http,
+			  struct aws_credentials_provider *creds, const struct cwlogs_opts *o,
+			  struct err *err)
+{
+	if (!loop || !http || !creds || !o || !o->region || !*o->region) {
+		err_set(err, "cwlogs: loop, http client, credentials and region are required");
+		return NULL;
+	}
+	struct cwlogs *cw = calloc(1, sizeof *cw);
+	if (!cw) {
+		err_set(err, "cwlogs: out of memory");
+		return NULL;
+	}
+	cw->loop = loop;
+	cw->http = http;
+	cw->creds = creds;
+	if (sigv4_signer_init(&cw->signer, o->region, CWLOGS_SERVICE, NULL, err) < 0) {
+		free(cw);
+		return NULL;
+	}
+	struct buf url;
+	buf_init(&url, 4096);
+	if (o->endpoint && *o->endpoint)
+		buf_append_str(&url, o->endpoint);
+	else
+		buf_printf(&url, "https://logs.%s.amazonaws.com", o->region);
+	const char *p = url.data ? strstr(url.data, "://") : NULL;
+	if (!p || (strncmp(url.data, "http://", 7) != 0 && strncmp(url.data, "https://", 8) != 0)) {
+		err_set(err, "cwlogs: endpoint \"%s\" is not an http(s) URL", url.data ? url.data : "");
+		buf_free(&url);
+		free(cw);
+		return NULL;
+	}
+	p += 3;
+	size_t hl = strcspn(p, "/?#");
+	if (hl == 0 || hl >= sizeof cw->host) {
+		err_set(err, "cwlogs: endpoint \"%s\" has no usable host", url.data);
+		buf_free(&url);
+		free(cw);
+		return NULL;
+	}
+	memcpy(cw->host, p, hl);
+	cw->host[hl] = '\0';
+	const char *path = p + hl;
+	size_t pl = strcspn(path, "?#");
+	if (pl == 0) {
+		snprintf(cw->path, sizeof cw->path, "/");
+		url.len = (size_t)(path - url.data);
+		buf_append_byte(&url, '/');
+	} else if (pl < sizeof cw->path) {
+		memcpy(cw->path, path, pl);
+		cw->path[pl] = '\0';
+		url.len = (size_t)(path - url.data) + pl;
+		url.data[url.len] = '\0';
+	} else {
+		err_set(err, "cwlogs: endpoint path too long");
+		buf_free(&url);
+		free(cw);
+		return NULL;
+	}
+	cw->url = buf_detach(&url, NULL);
+	cw->ca_file = o->ca_file ? strdup(o->ca_file) : NULL;
+	cw->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
+	cw->retry.base_ms = o->retry_base_ms > 0 ? o->retry_base_ms : DEFAULT_RETRY_BASE_MS;
+	cw->retry.cap_ms = o->retry_cap_ms > 0 ? o->retry_cap_ms : DEFAULT_RETRY_CAP_MS;
+	cw->retry.max_attempts = 0;
+	cw->unreachable_attempts = o->unreachable_attempts > 0 ? o->unreachable_attempts
+							       : DEFAULT_UNREACHABLE_ATTEMPTS;
+	cw->retention_days = o->retention_days > 0 ? o->retention_days : 0;
+	cw->next_id = 1;
+	if (!cw->url || (o->ca_file && !cw->ca_file)) {
+		cwlogs_free(cw);
+		err_set(err, "cwlogs: out of memory");
+		return NULL;
+	}
+	return cw;
+}
+
+void cwlogs_free(struct cwlogs *cw)
+{
+	if (!cw)
+		return;
+	while (cw->calls)
+		call_free(cw->calls);
+	sigv4_signer_clear(&cw->signer);
+	free(cw->url);
+	free(cw->ca_file);
+	free(cw);
+}
+
+uint64_t cwlogs_put_events(struct cwlogs *cw, const char *group, const char *stream,
+			   const struct cwlogs_event *events, size_t count, cwlogs_done_fn done,
+			   void *arg)
+{
+	if (!cw || !group || !*group || !stream || !*stream || !events || !count || !done)
+		return 0;
+	struct cwcall *c = calloc(1, sizeof *c);
+	if (!c)
+		return 0;
+	c->group = strdup(group);
+	c->stream = strdup(stream);
+	if (!c->group || !c->stream) {
+		free(c->group);
+		free(c->stream);
+		free(c);
+		return 0;
+	}
+	c->cw = cw;
+	c->id = cw->next_id++;
+	c->ev = events;
+	c->n = count;
+	c->step = ST_PUT;
+	c->done = done;
+	c->arg = arg;
+	c->res.too_new_start = c->res.too_old_end = c->res.expired_end = -1;
+	ev_timer_init(&c->delay, on_delay, 0.0, 0.0);
+	c->delay.data = c;
+	c->next = cw->calls;
+	if (cw->calls)
+		cw->calls->prev = c;
+	cw->calls = c;
+	cw->pending++;
+	start_attempt(c);
+	return c->id;
+}
+
+void cwlogs_cancel(struct cwlogs *cw, uint64_t id)
+{
+	if (!cw || !id)
+		return;
+	for (struct cwcall *c = cw->calls; c; c = c->next) {
+		if (c->id == id) {
+			call_free(c);
+			return;
+		}
+	}
+}
+
+size_t cwlogs_pending(const struct cwlogs *cw)
+{
+	return cw ? cw->pending : 0;
+}

@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Fake EC2 instance metadata service (IMDSv2 only), for tests.
+
+Serves what slipway's credential provider uses, the way IMDS does:
+  PUT /latest/api/token                      needs X-aws-ec2-metadata-token-ttl-seconds
+                                             (an integer 1..21600), else 400; answers a
+                                             token valid for that many seconds. A request
+                                             carrying X-Forwarded-For gets 403.
+  GET /latest/meta-data/iam/security-credentials/         the role name
+  GET /latest/meta-data/iam/security-credentials/<role>   the credentials JSON
+                                             both need X-aws-ec2-metadata-token with a
+                                             live token, else 401; no role -> 404.
+Anything else under /latest is 404; a wrong method on a known path is 405.
+
+Control (not part of IMDS):
+  GET  /_control   JSON: request counters and the current settings
+  POST /_control   JSON object, any of:
+       access_key_id, secret_access_key, token, expiration (RFC 3339 string),
+       role (string, or null for "no role attached"),
+       fail_next (answer the next N IMDS requests with fail_status, default 500),
+       drop_next (close the connection of the next N IMDS requests without answering),
+       revoke_tokens (true: every token issued so far becomes invalid),
+       reset_counts (true)
+Command line: --role, --access-key-id, --secret-access-key, --token, --expiration
+set the initial values; -v logs requests to stderr.
+
+Binds 127.0.0.1 on a free port and prints the port alone on stdout's first line.
+Exits when stdin reaches EOF or its parent process goes away, so a test that
+dies does not leave it behind. Python standard library only.
+"""
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CREDS_PREFIX = "/latest/meta-data/iam/security-credentials/"
+TOKEN_PATH = "/latest/api/token"
+MAX_TTL = 21600
+
+
+class State:
+    def __init__(self, args):
+        self.lock = threading.Lock()
+        self.role = args.role
+        self.access_key_id = args.access_key_id
+        self.secret_access_key = args.secret_access_key
+        self.token = args.token
+        self.expiration = args.expiration
+        self.tokens = {}  # token -> monotonic expiry
+        self.fail_next = 0
+        self.fail_status = 500
+        self.drop_next = 0
+        self.reset_counts()
+
+    def reset_counts(self):
+        self.counts = {
+            "token": 0,         # successful token PUTs
+            "role": 0,          # role names served
+            "creds": 0,         # credential documents served
+            "unauthorized": 0,  # 401s
+            "bad_request": 0,   # 400s
+            "failed": 0,        # injected failures
+            "dropped": 0,       # injected dropped connections
+            "total": 0,         # every IMDS request
+        }
+        self.last_ttl = None
+
+    def snapshot(self):
+        return {
+            "counts": dict(self.counts),
+            "last_ttl": self.last_ttl,
+            "role": self.role,
+            "access_key_id": self.access_key_id,
+            "expiration": self.expiration,
+            "live_tokens": len(self.tokens),
+        }
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "EC2ws"
+    state = None  # set in main
+    verbose = False
+
+    def log_message(self, fmt, *args):
+        if self.verbose:
+            sys.stderr.write("imds: " + (fmt % args) + "\n")
+
+    def _read_body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n > 0 else b""
+
+    def _send(self, status, body=b"", ctype="text/plain"):
+        if isinstance(body, str):
+            body = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _inject(self):
+        """Applies fail_next / drop_next; True when the request was consumed."""
+        st = self.state
+        with st.lock:
+            st.counts["total"] += 1
+            if st.drop_next > 0:
+                st.drop_next -= 1
+                st.counts["dropped"] += 1
+                drop = True
+            else:
+                drop = False
+            if not drop and st.fail_next > 0:
+                st.fail_next -= 1
+                st.counts["failed"] += 1
+                fail = st.fail_status
+            else:
+                fail = None
+        if drop:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return True
+        if fail:
+            self._send(fail, "injected failure\n")
+            return True
+        return False
+
+    def _token_ok(self):
+        tok = self.headers.get("X-aws-ec2-metadata-token")
+        st = self.state
+        with st.lock:
+            exp = st.tokens.get(tok) if tok else None
+            ok = exp is not None and exp > time.monotonic()
+            if not ok:
+                st.counts["unauthorized"] += 1
+        if not ok:
+            self._send(401, "")
+        return ok
+
+    def do_PUT(self):
+        self._read_body()
+        if self.path == "/_control":
+            return self._send(405, "")
+        if not self.path.startswith("/latest"):
+            return self._send(404, "")
+        if self._inject():
+            return
+        if self.path != TOKEN_PATH:
+            return self._send(405 if self.path.startswith(CREDS_PREFIX) else 404, "")
+        if self.headers.get("X-Forwarded-For"):
+            return self._send(403, "")
+        raw = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+        st = self.state
+        try:
+            ttl = int(raw)
+        except (TypeError, ValueError):
+            ttl = 0
+        if raw is None or not raw.strip().isdigit() or ttl < 1 or ttl > MAX_TTL:
+            with st.lock:
+                st.counts["bad_request"] += 1
+            return self._send(400, "")
+        token = "AQAEA" + secrets.token_urlsafe(40)
+        with st.lock:
+            st.tokens[token] = time.monotonic() + ttl
+            st.counts["token"] += 1
+            st.last_ttl = raw
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("X-aws-ec2-metadata-token-ttl-seconds", str(ttl))
+        self.send_header("Content-Length", str(len(token)))
+        self.end_headers()
+        self.wfile.write(token.encode())
+
+    def do_GET(self):
+        if self.path == "/_control":
+            with self.state.lock:
+                snap = self.state.snapshot()
+            return self._send(200, json.dumps(snap), "application/json")
+        if not self.path.startswith("/latest"):
+            return self._send(404, "")
+        if self._inject():
+            return
+        if self.path == TOKEN_PATH:
+            return self._send(405, "")
+        if not self._token_ok():
+            return
+        st = self.state
+        if self.path == CREDS_PREFIX:
+            with st.lock:
+                role = st.role
+                if role:
+                    st.counts["role"] += 1
+            return self._send(200, role) if role else self._send(404, "")
+        if self.path.startswith(CREDS_PREFIX):
+            name = self.path[len(CREDS_PREFIX):]
+            with st.lock:
+                if not st.role or name != st.role:
+                    return self._send(404, "")
+                doc = {
+                    "Code": "Success",
+                    "LastUpdated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "Type": "AWS-HMAC",
+                    "AccessKeyId": st.access_key_id,
+                    "SecretAccessKey": st.secret_access_key,
+                    "Token": st.token,
+                    "Expiration": st.expiration,
+                }
+                st.counts["creds"] += 1
+            return self._send(200, json.dumps(doc, indent=2), "text/plain")
+        return self._send(404, "")
+
+    def do_POST(self):
+        body = self._read_body()
+        if self.path != "/_control":
+            return self._send(405 if self.path.startswith("/latest") else 404, "")
+        try:
+            req = json.loads(body or b"{}")
+            if not isinstance(req, dict):
+                raise ValueError("expected an object")
+        except ValueError as e:
+            return self._send(400, "bad control request: %s\n" % e)
+        st = self.state
+        with st.lock:
+            for key in ("access_key_id", "secret_access_key", "token", "expiration"):
+                if key in req:
+                    setattr(st, key, str(req[key]))
+            if "role" in req:
+                st.role = req["role"] or None
+            if "fail_next" in req:
+                st.fail_next = int(req["fail_next"])
+            if "fail_status" in req:
+                st.fail_status = int(req["fail_status"])
+            if "drop_next" in req:
+                st.drop_next = int(req["drop_next"])
+            if req.get("revoke_tokens"):
+                st.tokens.clear()
+            if req.get("reset_counts"):
+                st.reset_counts()
+            snap = st.snapshot()
+        return self._send(200, json.dumps(snap), "application/json")
+
+
+def watch_parent(parent):
+    """Exits when stdin closes or the parent is gone (the test died)."""
+    def on_stdin():
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        os._exit(0)
+
+    def on_parent():
+        while True:
+            if os.getppid() != parent:
+                os._exit(0)
+            time.sleep(0.5)
+
+    threading.Thread(target=on_stdin, daemon=True).start()
+    threading.Thread(target=on_parent, daemon=True).start()
+
+
+def main():
+    ap = argparse.ArgumentParser(description="fake IMDSv2")
+    ap.add_argument("--role", default="slipway-test-role")
+    ap.add_argument("--access-key-id", default="ASIAFAKEIMDS0000001")
+    ap.add_argument("--secret-access-key", default="fake/imds+secret0000000000000000000001")
+    ap.add_argument("--token", default="FwoGZXIvYXdzEFAKEsessiontoken0001")
+    ap.add_argument("--expiration", default="2030-01-01T06:00:00Z")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args()
+
+    Handler.state = State(args)
+    Handler.verbose = args.verbose
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    sys.stdout.write("%d\n" % server.server_address[1])
+    sys.stdout.flush()
+    watch_parent(os.getppid())
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
