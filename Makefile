@@ -46,7 +46,7 @@ BENCH_SRC  := $(wildcard tests/bench/*.c)
 BENCH_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(BENCH_SRC))
 
 # Keep test objects: they are intermediate files of the pattern rules.
-.SECONDARY:
+.SECONDARY: $(patsubst tests/%.c,$(OBJ)/tests/%.o,$(UNIT_SRC) $(INTEG_SRC) $(HELPER_SRC) $(BENCH_SRC))
 
 .PHONY: all help deps test unit integration check fuzz bench demo demo-down static clean
 
@@ -150,4 +150,4 @@ static:
 clean:
 	rm -rf build
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(OBJ) -name '*.d' -type f 2>/dev/null)

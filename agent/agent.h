@@ -29,6 +29,11 @@ struct coord_client;
 struct inventory;
 struct swap_resync;
 struct swap;
+struct aws_credentials_provider;
+struct cwlogs;
+struct logdest;
+struct logship;
+struct metrics;
 
 #define AGENT_VERSION "0.1.0"
 #define AGENT_LABELS_MAX 16
@@ -82,6 +87,13 @@ struct agent {
 	struct deployer *deployer;
 	struct coord_client *coord;
 	struct inventory *inventory;
+	/* logs and health data (agent/logship.h, agent/metrics.h); logship is NULL
+	 * when logs.enabled is false, aws and cwlogs without cloudwatch.region */
+	struct aws_credentials_provider *aws;
+	struct cwlogs *cwlogs;
+	struct logdest *logdest;
+	struct logship *logship;
+	struct metrics *metrics;
 	struct agent_hooks hooks;
 	struct swap_resync *resyncs;     /* swap.c: route resyncs in flight */
 	bool net_creating;               /* swap.c: one swap creates the network ... */

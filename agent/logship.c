@@ -25,6 +25,7 @@
 #define DEFAULT_FLUSH_MS 1000
 #define DEFAULT_MEMORY_MAX ((uint64_t)32 << 20)
 #define MAX_WAIT 1                  /* sealed batches waiting behind the one in flight */
+#define SPOOLING_MAX 4              /* a stream's spool writes in progress before it pauses */
 #define DRAIN_MAX 4                 /* spooled batches in flight when the destination is up */
 #define INSPECT_MAX 8               /* container inspects at a time */
 #define PEND_MAX ((size_t)8 << 20)  /* a long line's repaired text not yet cut into events */
@@ -44,8 +45,16 @@ enum fstate {
 struct sbatch {
 	struct sbatch *next;
 	struct logbatch b;
-	struct logpos_mark mark;    /* the position after this batch */
-	bool has_mark;
+	uint64_t bseq;              /* the stream's batch number */
+};
+
+/* The position after a batch, recorded once it and every older batch of
+ * the stream are accepted or durably spooled (they may settle out of order:
+ * a batch in flight can fail after newer ones were spooled). */
+struct pmark {
+	uint64_t bseq;
+	struct logpos_mark m;
+	bool done;
 };
 
 struct lstream {
@@ -86,6 +95,11 @@ struct lstream {
 	uint64_t send_id;
 	uint64_t ckpt_gen;          /* must be durable before the next send */
 	size_t spooling;            /* spool writes in progress */
+	uint64_t next_bseq;
+	uint64_t max_spooled;       /* newest batch sent to the spool */
+	int64_t sent_mono;
+	struct pmark *pm;           /* unsettled batches, oldest first */
+	size_t npm, cappm;
 };
 
 struct inspect_req {
@@ -107,8 +121,7 @@ struct drain {
 
 struct spool_ctx {
 	struct lstream *st;
-	struct logpos_mark mark;
-	bool has_mark;
+	uint64_t bseq;
 	size_t events;
 };
 
@@ -135,6 +148,8 @@ struct logship {
 	uint64_t mem;               /* batch bytes held, all streams */
 	size_t paused;
 	bool ckpt_waiters;
+	uint64_t spool_max;
+	int64_t spool_broken_until;  /* mono ms: a spool write failed, do not use it till then */
 	/* discovery */
 	uint64_t events_sub;
 	uint64_t list_call;
@@ -274,6 +289,7 @@ static void stream_free(struct lstream *st)
 		sbatch_free(ls, b);
 	}
 	buf_free(&st->pend);
+	free(st->pm);
 	free(st);
 }
 
@@ -332,9 +348,20 @@ static void seal(struct lstream *st)
 	if (!b)
 		return; /* keeps filling cur; sealed on the next event */
 	logbatch_move(&b->b, &st->cur);
+	b->bseq = ++st->next_bseq;
 	if (!st->synthetic) {
-		b->mark = logpos_mark(&st->pos, &st->base);
-		b->has_mark = true;
+		if (st->npm == st->cappm) {
+			size_t nc = st->cappm ? st->cappm * 2 : 8;
+			struct pmark *pm = realloc(st->pm, nc * sizeof *pm);
+			if (pm) {
+				st->pm = pm;
+				st->cappm = nc;
+			}
+		}
+		/* Without room the mark is skipped: a later one covers it. */
+		if (st->npm < st->cappm)
+			st->pm[st->npm++] = (struct pmark){b->bseq, logpos_mark(&st->pos, &st->base),
+							   false};
 	}
 	if (st->waitq_tail)
 		st->waitq_tail->next = b;
@@ -366,13 +393,23 @@ static void push_front(struct lstream *st, struct sbatch *b)
 	st->nwait++;
 }
 
-static void record_mark(struct lstream *st, const struct sbatch *b)
+/* Batch bseq is accepted or durably spooled: record the checkpoint as far
+ * as every older batch is too. */
+static void settle(struct lstream *st, uint64_t bseq)
 {
-	if (!b->has_mark)
+	size_t k = 0;
+	for (size_t i = 0; i < st->npm; i++)
+		if (st->pm[i].bseq == bseq)
+			st->pm[i].done = true;
+	while (k < st->npm && st->pm[k].done)
+		k++;
+	if (k == 0)
 		return;
-	uint64_t gen = checkpoint_set(st->ls->ckpt, st->id, &b->mark);
+	uint64_t gen = checkpoint_set(st->ls->ckpt, st->id, &st->pm[k - 1].m);
 	if (gen > st->ckpt_gen)
 		st->ckpt_gen = gen;
+	memmove(st->pm, st->pm + k, (st->npm - k) * sizeof *st->pm);
+	st->npm -= k;
 }
 
 static void drop_aged(struct logship *ls, struct logbatch *b)
@@ -428,6 +465,11 @@ static void stream_header(const struct lstream *st, char *out, size_t cap)
 	buf_free(&h);
 }
 
+static bool spool_unusable(const struct logship *ls)
+{
+	return ls->spool_broken_until && clock_mono_ms() < ls->spool_broken_until;
+}
+
 static void on_spooled(int ok, uint64_t seq, struct logbatch *failed, void *arg)
 {
 	(void)seq;
@@ -437,10 +479,7 @@ static void on_spooled(int ok, uint64_t seq, struct logbatch *failed, void *arg)
 	st->spooling--;
 	if (ok) {
 		ls->st.events_spooled += c->events;
-		if (c->has_mark) {
-			struct sbatch tmp = {.mark = c->mark, .has_mark = true};
-			record_mark(st, &tmp);
-		}
+		settle(st, c->bseq);
 		free(c);
 		drain_kick(ls);
 		pump(st);
@@ -448,19 +487,20 @@ static void on_spooled(int ok, uint64_t seq, struct logbatch *failed, void *arg)
 		return;
 	}
 	/* The disk refused it: keep it in memory, at the front, and send it
-	 * directly when the destination answers again. */
+	 * directly when the destination answers. */
 	struct sbatch *b = calloc(1, sizeof *b);
 	if (b) {
 		logbatch_move(&b->b, failed);
-		b->mark = c->mark;
-		b->has_mark = c->has_mark;
+		b->bseq = c->bseq;
 		ls->mem += b->b.bytes;
 		push_front(st, b);
 	} else {
 		ls->st.spool_dropped += c->events;
+		settle(st, c->bseq);
 		log_error("logship.lost", "events=%zu: could neither spool nor keep them", c->events);
 	}
 	free(c);
+	ls->spool_broken_until = clock_mono_ms() + 30000;
 	if (ls->down) {
 		ls->down = false; /* no spool to fall back on: retry directly */
 		log_error("logship.spool_unusable", "sending directly while the spool fails");
@@ -472,22 +512,35 @@ static void on_spooled(int ok, uint64_t seq, struct logbatch *failed, void *arg)
 static bool spool_batch(struct lstream *st, struct sbatch *b)
 {
 	struct logship *ls = st->ls;
+	if (spool_unusable(ls))
+		return false;
 	struct spool_ctx *c = calloc(1, sizeof *c);
 	if (!c)
 		return false;
 	c->st = st;
-	c->mark = b->mark;
-	c->has_mark = b->has_mark;
+	c->bseq = b->bseq;
 	c->events = b->b.n;
 	char header[SPOOL_HEADER_MAX];
 	stream_header(st, header, sizeof header);
 	uint64_t bytes = b->b.bytes;
-	if (spool_write(ls->spool, st->key, header, &b->b, on_spooled, c) < 0) {
+	/* A batch that was in flight while newer ones of its stream were
+	 * spooled goes before them. */
+	int first = b->bseq < st->max_spooled;
+	drop_aged(ls, &b->b);
+	if (b->b.n == 0) {
+		free(c);
+		settle(st, b->bseq);
+		sbatch_free(ls, b);
+		return true;
+	}
+	logbatch_sort(&b->b);
+	if (spool_write(ls->spool, st->key, header, &b->b, first, on_spooled, c) < 0) {
 		free(c);
 		return false;
 	}
 	ls->mem -= bytes;
-	b->b.bytes = 0;
+	if (b->bseq > st->max_spooled)
+		st->max_spooled = b->bseq;
 	sbatch_free(ls, b);
 	st->spooling++;
 	return true;
@@ -503,6 +556,7 @@ static void send_batch(struct lstream *st, struct sbatch *b)
 		.container = st->short_id, .release = st->release,
 	};
 	st->inflight = b;
+	st->sent_mono = clock_mono_ms();
 	st->send_id = logdest_send(ls->dest, &names, &b->b, on_sent, st);
 	if (!st->send_id) {
 		/* Only when out of memory: treat like an unreachable destination. */
@@ -514,9 +568,18 @@ static void send_batch(struct lstream *st, struct sbatch *b)
 	ls->st.batches_sent++;
 }
 
+/* Whether batches waiting behind a stream's batch in flight should go to
+ * the spool rather than stay in memory. */
+static bool overflowing(const struct lstream *st)
+{
+	const struct logship *ls = st->ls;
+	return st->inflight && st->waitq && !spool_unusable(ls) &&
+	       (st->nwait > MAX_WAIT || ls->mem > ls->memory_max);
+}
+
 /* Moves the stream's sealed batches along: to the destination one at a
- * time, or to the spool while it is down or while older batches of this
- * stream are still spooled. */
+ * time, or to the spool while it is down, while older batches of this
+ * stream are still spooled, or when too much waits in memory. */
 static void pump(struct lstream *st)
 {
 	struct logship *ls = st->ls;
@@ -525,22 +588,29 @@ static void pump(struct lstream *st)
 	while (!st->inflight && st->waitq) {
 		if (st->ckpt_gen > checkpoint_durable(ls->ckpt)) {
 			ls->ckpt_waiters = true;
-			return;
+			break;
 		}
 		struct sbatch *b = pop_wait(st);
+		bool via_spool = ls->down || st->spooling > 0 || spool_key_count(ls->spool, st->key) > 0;
+		if (via_spool && spool_batch(st, b))
+			continue;
 		drop_aged(ls, &b->b);
 		if (b->b.n == 0) {
-			record_mark(st, b);
+			settle(st, b->bseq);
 			sbatch_free(ls, b);
 			continue;
 		}
 		logbatch_sort(&b->b);
-		bool via_spool = ls->down || st->spooling > 0 || spool_key_count(ls->spool, st->key) > 0;
-		if (via_spool && spool_batch(st, b))
-			continue;
 		send_batch(st, b);
 	}
-	if (st->fs == F_PAUSED)
+	while (overflowing(st)) {
+		struct sbatch *b = pop_wait(st);
+		if (!spool_batch(st, b)) {
+			push_front(st, b);
+			break;
+		}
+	}
+	if (ls->paused)
 		resume_paused(ls);
 }
 
@@ -551,6 +621,8 @@ static void on_sent(const struct logdest_result *res, void *arg)
 	struct sbatch *b = st->inflight;
 	st->inflight = NULL;
 	st->send_id = 0;
+	log_debug("logship.sent", "container=%.12s events=%zu ms=%" PRId64 " status=%d", st->id,
+		  b->b.n, clock_mono_ms() - st->sent_mono, (int)res->status);
 	ls->st.retries += (uint64_t)res->retries;
 	ls->st.throttled += (uint64_t)res->throttled;
 	switch (res->status) {
@@ -563,7 +635,7 @@ static void on_sent(const struct logdest_result *res, void *arg)
 				 "destination dropped them (too old, too new or past the retention)",
 				 st->group, st->stream, b->b.n, res->rejected);
 		}
-		record_mark(st, b);
+		settle(st, b->bseq);
 		sbatch_free(ls, b);
 		drain_kick(ls);
 		break;
@@ -571,7 +643,7 @@ static void on_sent(const struct logdest_result *res, void *arg)
 		ls->st.events_refused += b->b.n;
 		log_error("logship.refused", "group=%s stream=%s events=%zu error=\"%s\": dropped",
 			  st->group, st->stream, b->b.n, res->message);
-		record_mark(st, b);
+		settle(st, b->bseq);
 		sbatch_free(ls, b);
 		break;
 	case LOGDEST_UNREACHABLE:
@@ -587,20 +659,30 @@ static void on_sent(const struct logdest_result *res, void *arg)
 
 /* ---- reading ---- */
 
-/* Whether the stream can take a line of len bytes now. */
+/* Whether the stream can take a line of len bytes now; if not, its log
+ * connection is closed until there is room (backpressure). */
 static bool room(const struct lstream *st, size_t len)
 {
 	const struct logship *ls = st->ls;
-	if (ls->mem > ls->memory_max && (st->inflight || st->nwait))
-		return false;
-	if (st->nwait < MAX_WAIT)
-		return true;
 	/* A repaired line may be three times longer (U+FFFD for every byte). */
 	size_t need = 3 * len + 2 * LOGBATCH_EVENT_OVERHEAD;
 	size_t max_bytes = ls->lim->max_bytes ? ls->lim->max_bytes : LOGBATCH_MAX_BYTES;
 	size_t max_events = ls->lim->max_events ? ls->lim->max_events : LOGBATCH_MAX_EVENTS;
-	return st->cur.bytes + need <= max_bytes && st->cur.n + 2 <= max_events &&
-	       (!ls->lim->max_json || st->cur.json + 6 * len <= ls->lim->max_json);
+	bool fits = st->cur.bytes + need <= max_bytes && st->cur.n + 2 <= max_events &&
+		    (!ls->lim->max_json || st->cur.json + 6 * len <= ls->lim->max_json);
+	bool over = ls->mem > ls->memory_max;
+	if (fits && !over)
+		return true;
+	/* A batch gets sealed: it is sent, waits in memory, or overflows to the
+	 * spool while the spool has room (half of it when the destination is
+	 * up: the rest is for outages) and keeps up with the writes. */
+	if (!st->inflight && !over)
+		return true;
+	if (st->nwait < MAX_WAIT && !over)
+		return true;
+	if (spool_unusable(ls) || st->spooling >= SPOOLING_MAX)
+		return false;
+	return ls->down || spool_bytes(ls->spool) < ls->spool_max / 2;
 }
 
 static void pause_read(struct lstream *st)
@@ -625,7 +707,7 @@ static void resume_paused(struct logship *ls)
 	if (!ls->paused || ls->mem > ls->memory_max * 3 / 4)
 		return;
 	for (struct lstream *st = ls->streams; st && ls->paused; st = st->next) {
-		if (st->fs != F_PAUSED || st->nwait >= MAX_WAIT)
+		if (st->fs != F_PAUSED || !room(st, 4096))
 			continue;
 		ls->paused--;
 		st->fs = F_IDLE;
@@ -724,7 +806,7 @@ static int on_line(const struct linesplit_line *l, void *arg)
 		}
 		emit_pending(st, stream, last);
 	}
-	if (st->waitq && !st->inflight)
+	if (st->waitq)
 		pump(st);
 	return 0;
 }
@@ -1297,6 +1379,7 @@ struct logship *logship_new(const struct logship_opts *o, struct err *err)
 		 o->group_prefix ? o->group_prefix : LOGSHIP_DEFAULT_PREFIX);
 	ls->flush_ms = o->flush_interval_ms > 0 ? o->flush_interval_ms : DEFAULT_FLUSH_MS;
 	ls->memory_max = o->memory_max ? o->memory_max : DEFAULT_MEMORY_MAX;
+	ls->spool_max = o->spool_max ? o->spool_max : (uint64_t)256 << 20;
 	ls->max_age_ms = o->max_age_ms > 0 && o->max_age_ms < LOGBATCH_PAST_MS ? o->max_age_ms
 									       : LOGBATCH_PAST_MS;
 	ls->probe.base_ms = o->retry_base_ms > 0 ? o->retry_base_ms : 1000;

@@ -29,10 +29,12 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "aws_credentials.h"
 #include "clock.h"
 #include "config.h"
 #include "coord_client.h"
 #include "crypto.h"
+#include "cwlogs.h"
 #include "deployer.h"
 #include "docker.h"
 #include "http_client.h"
@@ -40,8 +42,12 @@
 #include "journal.h"
 #include "json.h"
 #include "log.h"
+#include "logdest.h"
+#include "logship.h"
+#include "metrics.h"
 #include "proxy_client.h"
 #include "proxy_main.h"
+#include "sdnotify.h"
 #include "settings.h"
 #include "spec.h"
 #include "swap.h"
@@ -215,6 +221,7 @@ static void on_registered(void *arg)
 {
 	struct agent *a = arg;
 	coord_client_get_desired(a->coord, on_desired, a);
+	sdnotify_status("running; registered with the coordinator");
 	if (a->inventory)
 		inventory_changed(a->inventory);
 }
@@ -235,6 +242,140 @@ static void on_engine_back(void *arg)
 {
 	struct agent *a = arg;
 	deployer_resync(a->deployer);
+}
+
+/* ---- logs and health data ---- */
+
+static bool hook_logs_drained(const char *container_id, void *arg)
+{
+	struct agent *a = arg;
+	return logship_drained(a->logship, container_id);
+}
+
+static void hook_container_started(const struct agent_container *c, void *arg)
+{
+	struct agent *a = arg;
+	logship_follow(a->logship, c->id);
+}
+
+static const int retention_days[] = {1,   3,   5,   7,    14,   30,   60,   90,   120,  150, 180,
+				     365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653};
+
+/* The log shipper and the health metrics, with their destination: CloudWatch
+ * when cloudwatch.region is set, else the coordinator's embedded sink. */
+static int start_logs(struct agent *a, const char *instance_id, struct err *err)
+{
+	const struct config *c = a->cfg;
+	bool logs = config_bool(c, "logs.enabled"), metrics = config_bool(c, "metrics.enabled");
+	if (!logs && !metrics)
+		return 0;
+	int retention = (int)config_int(c, "cloudwatch.retention_days");
+	bool valid = retention == 0;
+	for (size_t i = 0; i < sizeof retention_days / sizeof retention_days[0]; i++)
+		valid |= retention == retention_days[i];
+	if (!valid)
+		return err_set(err, "cloudwatch.retention_days: %d is not a value CloudWatch Logs "
+			       "accepts (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, ...)", retention);
+	if (config_has(c, "cloudwatch.region") && *config_str(c, "cloudwatch.region")) {
+		struct aws_credentials_opts ao = {0};
+		struct cwlogs_opts cwo = {
+			.region = config_str(c, "cloudwatch.region"),
+			.endpoint = config_has(c, "cloudwatch.endpoint")
+					    ? config_str(c, "cloudwatch.endpoint") : NULL,
+			.ca_file = config_has(c, "cloudwatch.ca_file")
+					   ? config_str(c, "cloudwatch.ca_file") : NULL,
+			.timeout_ms = config_ms(c, "logs.request_timeout"),
+			.retry_base_ms = config_ms(c, "logs.retry_base"),
+			.retry_cap_ms = config_ms(c, "logs.retry_cap"),
+			.retention_days = retention,
+		};
+		if (!(a->aws = aws_credentials_new(a->loop, a->http, &ao, err)) ||
+		    !(a->cwlogs = cwlogs_new(a->loop, a->http, a->aws, &cwo, err)))
+			return -1;
+		a->logdest = logdest_cloudwatch(a->cwlogs);
+	} else {
+		char identity[PATH_MAX + 32];
+		snprintf(identity, sizeof identity, "%s/%s", a->set.state_dir, COORD_IDENTITY_FILE);
+		struct logdest_coord_opts lo = {
+			.loop = a->loop,
+			.http = a->http,
+			.url = config_str(c, "coordinator.url"),
+			.ca_file = config_has(c, "coordinator.ca_file")
+					   ? config_str(c, "coordinator.ca_file") : NULL,
+			.identity_path = identity,
+			.timeout_ms = config_ms(c, "logs.request_timeout"),
+			.retry_base_ms = config_ms(c, "logs.retry_base"),
+			.retry_cap_ms = config_ms(c, "logs.retry_cap"),
+		};
+		a->logdest = logdest_coordinator(&lo, err);
+	}
+	if (!a->logdest)
+		return err->msg[0] ? -1 : err_set(err, "out of memory");
+	if (logs) {
+		struct logship_opts so = {
+			.loop = a->loop,
+			.docker = a->docker,
+			.dest = a->logdest,
+			.state_dir = a->set.state_dir,
+			.instance_id = instance_id,
+			.group_prefix = config_str(c, "logs.group_prefix"),
+			.labels = a->set.labels,
+			.flush_interval_ms = config_ms(c, "logs.flush_interval"),
+			.spool_max = (uint64_t)config_size(c, "logs.spool_max"),
+			.memory_max = (uint64_t)config_size(c, "logs.memory_max"),
+			.max_age_ms = retention > 0 ? (int64_t)retention * 86400000 : 0,
+			.retry_base_ms = config_ms(c, "logs.retry_base"),
+			.retry_cap_ms = config_ms(c, "logs.retry_cap"),
+		};
+		if (!(a->logship = logship_new(&so, err)))
+			return -1;
+		a->hooks.logs_drained = hook_logs_drained;
+		a->hooks.container_started = hook_container_started;
+		a->hooks.arg = a;
+		/* Docker writes each log line on its own: gather a couple of
+		 * milliseconds of I/O per wake-up instead of waking for every line. */
+		ev_set_io_collect_interval(a->loop, 0.002);
+	}
+	if (metrics) {
+		struct metrics_opts mo = {
+			.loop = a->loop,
+			.docker = a->docker,
+			.ship = a->logship,
+			.coord = a->cwlogs || !a->logship ? NULL : a->logdest,
+			.workers = a->workers,
+			.listen = config_str(c, "metrics.listen"),
+			.interval_ms = config_ms(c, "metrics.interval"),
+			.namespace_ = config_str(c, "metrics.namespace"),
+			.dimensions = config_str(c, "metrics.dimensions"),
+			.instance_id = instance_id,
+			.group_prefix = config_str(c, "logs.group_prefix"),
+			.labels = a->set.labels,
+			.docker_root = config_str(c, "metrics.docker_root"),
+		};
+		/* Without the shipper, EMF has no way out: the coordinator gets them. */
+		if (!a->logship)
+			mo.coord = a->cwlogs ? NULL : a->logdest;
+		if (!(a->metrics = metrics_new(&mo, err)))
+			return -1;
+	}
+	log_info("agent.logs", "destination=%s logs=%s metrics=%s", a->cwlogs ? "cloudwatch"
+		 : "coordinator", logs ? "on" : "off", metrics ? "on" : "off");
+	return 0;
+}
+
+static void stop_logs(struct agent *a)
+{
+	metrics_free(a->metrics);
+	logship_free(a->logship);
+	logdest_free(a->logdest);
+	cwlogs_free(a->cwlogs);
+	aws_credentials_free(a->aws);
+	a->metrics = NULL;
+	a->logship = NULL;
+	a->logdest = NULL;
+	a->cwlogs = NULL;
+	a->aws = NULL;
+	memset(&a->hooks, 0, sizeof a->hooks);
 }
 
 /* ---- the proxy process ---- */
@@ -287,6 +428,7 @@ struct proxy_wait {
 
 static void proxy_check(struct proxy_wait *w);
 static struct proxy_wait *proxy_waiting; /* freed at shutdown if still waiting */
+static bool proxy_answered;               /* for systemd's STATUS= */
 
 static void on_proxy_health(const struct proxy_result *res, const struct proxy_health *h,
 			    void *arg)
@@ -297,6 +439,7 @@ static void on_proxy_health(const struct proxy_result *res, const struct proxy_h
 		log_info("agent.proxy", "pid=%lld version=%s routes=%lld%s", (long long)h->pid,
 			 h->version ? h->version : "?", (long long)h->routes,
 			 w->spawned ? " (started by this agent)" : "");
+		proxy_answered = true;
 		void (*ready)(struct agent *) = w->ready;
 		free(w);
 		proxy_waiting = NULL;
@@ -357,13 +500,20 @@ static void start_rest(struct agent *a)
 {
 	deployer_start(a->deployer);
 	coord_client_start(a->coord);
+	if (a->logship)
+		logship_start(a->logship);
+	metrics_start(a->metrics);
 	inventory_start(a->inventory);
+	/* systemd (Type=notify): serving, once the proxy answered or the wait for it ended */
+	sdnotify_ready(proxy_answered ? "running; the proxy answers"
+				      : "running; no proxy answers on the control socket yet");
 }
 
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	(void)revents;
 	log_info("agent.stop", "signal=%d", w->signum);
+	sdnotify_stopping();
 	ev_break(loop, EVBREAK_ALL);
 }
 
@@ -394,6 +544,12 @@ static int run_agent(const char *config_path)
 		log_warn("agent.test_hook", "debug.crash_at=%s: this agent kills itself at that step "
 			 "(a test hook)", a.set.crash_at);
 	signal(SIGPIPE, SIG_IGN);
+	/* systemd: before any thread starts, as it edits the environment (the
+	 * proxy this agent may spawn must not inherit NOTIFY_SOCKET) */
+	if (sdnotify_init(&err) < 0) {
+		log_warn("agent.sdnotify", "error=\"%s\"", err.msg);
+		err.msg[0] = '\0';
+	}
 #ifdef __GLIBC__
 	/* One arena for the few worker threads: each arena costs its own pages. */
 	mallopt(M_ARENA_MAX, 1);
@@ -470,6 +626,10 @@ static int run_agent(const char *config_path)
 		log_error("agent.start", "error=\"%s\"", err.msg);
 		goto out;
 	}
+	if (start_logs(&a, instance_id, &err) < 0) {
+		log_error("agent.logs", "error=\"%s\"", err.msg);
+		goto out;
+	}
 	log_info("agent.start", "version=%s instance_id=%s state_dir=%s proxy=%s", AGENT_VERSION,
 		 instance_id, a.set.state_dir, a.set.control_socket);
 	ev_signal sigterm, sigint;
@@ -477,6 +637,7 @@ static int run_agent(const char *config_path)
 	ev_signal_init(&sigint, on_signal, SIGINT);
 	ev_signal_start(a.loop, &sigterm);
 	ev_signal_start(a.loop, &sigint);
+	sdnotify_watchdog_start(a.loop); /* pings from the loop: a stuck loop gets restarted */
 	if (ensure_proxy(&a, start_rest) < 0)
 		goto out;
 	ev_run(a.loop, 0);
@@ -484,6 +645,7 @@ static int run_agent(const char *config_path)
 	ev_signal_stop(a.loop, &sigint);
 	rc = 0;
 out:
+	sdnotify_watchdog_stop();
 	if (proxy_waiting) {
 		ev_timer_stop(a.loop, &proxy_waiting->timer);
 		free(proxy_waiting);
@@ -491,6 +653,7 @@ out:
 	}
 	deployer_stop(a.deployer);
 	inventory_free(a.inventory);
+	stop_logs(&a);
 	if (a.loop)
 		swap_resync_cancel_all(&a);
 	journal_free(a.journal);

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "proxy_ctl.h"
+#include "sdnotify.h"
 #include "settings.h"
 #include "worker.h"
 
@@ -212,6 +213,7 @@ static void start_stopping(struct pmain *m, const char *why)
 		return;
 	m->stopping = true;
 	m->stop_started_ms = clock_mono_ms();
+	sdnotify_stopping();
 	log_info("proxy.stop", "reason=%s connections=%zu", why, proxy_connection_count(m->proxy));
 	proxy_ctl_stop_accepting(m->ctl);
 	proxy_stop(m->proxy, m->stop_timeout_ms, NULL, NULL);
@@ -497,6 +499,10 @@ int proxy_main(int argc, char **argv)
 	log_level_parse(config_str(m.cfg, "log.level"), &level);
 	log_init("slipway-proxy", level, config_bool(m.cfg, "log.syslog"));
 	signal(SIGPIPE, SIG_IGN);
+	if (sdnotify_init(&err) < 0) { /* systemd (Type=notify), before any thread */
+		log_warn("proxy.sdnotify", "error=%s", err.msg);
+		err.msg[0] = '\0';
+	}
 	if (httpd_raise_nofile_limit(&err) < 0)
 		log_warn("proxy.nofile", "error=%s", err.msg);
 
@@ -555,6 +561,13 @@ int proxy_main(int argc, char **argv)
 	log_info("proxy.start", "pid=%ld version=%s control=%s routes=%zu took_over=%s",
 		 (long)getpid(), AGENT_VERSION, m.control, proxy_route_count(m.proxy),
 		 took ? "true" : "false");
+	/* systemd: serving now (after a take-over: `systemctl start` of the new
+	 * slot returns here); the loop pings the watchdog */
+	char status[96];
+	snprintf(status, sizeof status, "serving %zu routes%s", proxy_route_count(m.proxy),
+		 took ? ", taken over from the previous proxy" : "");
+	sdnotify_watchdog_start(m.loop);
+	sdnotify_ready(status);
 	ev_run(m.loop, 0);
 	rc = 0;
 	ev_signal_stop(m.loop, &m.sigterm);
@@ -566,6 +579,7 @@ int proxy_main(int argc, char **argv)
 		close(m.ho_fd);
 	}
 out:
+	sdnotify_watchdog_stop();
 	if (rc)
 		log_error("proxy.start_failed", "error=%s", err.msg);
 	proxy_ctl_free(m.ctl);

@@ -91,6 +91,60 @@ const struct config_key agent_settings[] = {
 	{.name = "proxy.stop_timeout", .type = CONFIG_DURATION, .default_value = "30s",
 	 .help = "On SIGTERM or hand-over: how long requests in flight may take before they are cut"},
 
+	/* Logs (agent/logship.h) */
+	{.name = "logs.enabled", .type = CONFIG_BOOL, .default_value = "true",
+	 .help = "Ship the output of managed containers (to CloudWatch Logs when "
+		 "cloudwatch.region is set, else to the coordinator)"},
+	{.name = "logs.group_prefix", .type = CONFIG_STRING, .default_value = "/slipway/",
+	 .help = "Log group of an app: <prefix><app>; streams are <service>/<instance>/<container>",
+	 .max = 256},
+	{.name = "logs.flush_interval", .type = CONFIG_DURATION, .default_value = "1s",
+	 .help = "A batch goes out when full or this long after its first line",
+	 .min = 10, .max = 60000},
+	{.name = "logs.spool_max", .type = CONFIG_SIZE, .default_value = "256M",
+	 .help = "Disk kept for logs while the destination cannot be reached; past it the oldest "
+		 "are dropped (counted)", .min = (int64_t)1 << 20, .max = (int64_t)1 << 40},
+	{.name = "logs.memory_max", .type = CONFIG_SIZE, .default_value = "32M",
+	 .help = "Log batches held in memory, all containers; past it batches go to the spool "
+		 "or reading pauses", .min = (int64_t)2 << 20, .max = (int64_t)4 << 30},
+	{.name = "logs.request_timeout", .type = CONFIG_DURATION, .default_value = "30s",
+	 .help = "Time one request to the log destination may take", .min = 1000, .max = 600000},
+	{.name = "logs.retry_base", .type = CONFIG_DURATION, .default_value = "200ms",
+	 .help = "First retry delay of a failed log request (full-jitter backoff)",
+	 .min = 1, .max = 60000},
+	{.name = "logs.retry_cap", .type = CONFIG_DURATION, .default_value = "30s",
+	 .help = "Longest retry delay of log requests and of probes while the destination is down",
+	 .min = 10, .max = 600000},
+
+	/* CloudWatch (common/cwlogs.h) */
+	{.name = "cloudwatch.region", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "AWS region of CloudWatch Logs; unset: logs and metrics go to the coordinator",
+	 .max = 64},
+	{.name = "cloudwatch.endpoint", .type = CONFIG_URL, .default_value = NULL,
+	 .help = "CloudWatch Logs endpoint (default: https://logs.<region>.amazonaws.com)"},
+	{.name = "cloudwatch.ca_file", .type = CONFIG_PATH, .default_value = NULL,
+	 .help = "CA bundle for the CloudWatch endpoint (default: system bundle)"},
+	{.name = "cloudwatch.retention_days", .type = CONFIG_INT, .default_value = "0",
+	 .help = "Retention set on the log groups the agent creates (0: never expire; else one of "
+		 "CloudWatch's values: 1, 3, 5, 7, 14, 30, 60, 90, ...); older events are not sent",
+	 .min = 0, .max = 3653},
+
+	/* Health metrics (agent/metrics.h) */
+	{.name = "metrics.enabled", .type = CONFIG_BOOL, .default_value = "true",
+	 .help = "Collect health data and ship it (EMF through the logs with CloudWatch, else to "
+		 "the coordinator)"},
+	{.name = "metrics.listen", .type = CONFIG_STRING, .default_value = "127.0.0.1:9464",
+	 .help = "Prometheus text endpoint (GET /metrics); \"\" turns it off", .max = 256},
+	{.name = "metrics.interval", .type = CONFIG_DURATION, .default_value = "60s",
+	 .help = "How often health data is collected and shipped", .min = 1000, .max = 3600000},
+	{.name = "metrics.namespace", .type = CONFIG_STRING, .default_value = "Slipway",
+	 .help = "CloudWatch metric namespace", .max = 255},
+	{.name = "metrics.dimensions", .type = CONFIG_STRING,
+	 .default_value = "App,Service,InstanceId",
+	 .help = "Dimensions of the metrics, a subset of App, Service and InstanceId", .max = 128},
+	{.name = "metrics.docker_root", .type = CONFIG_PATH, .default_value = "/var/lib/docker",
+	 .help = "Docker's root directory, whose file system's use is reported"},
+
 	/* Test hooks */
 	{.name = "debug.crash_at", .type = CONFIG_ENUM, .default_value = NULL,
 	 .help = "TEST HOOK, never in production: the agent kills itself (SIGKILL) right after "

@@ -19,6 +19,7 @@
 
 #define DEFAULT_MAX ((uint64_t)256 << 20)
 #define FILE_MAX ((size_t)32 << 20) /* compressed file read cap */
+#define SEQ_STEP 1024               /* room below each entry for batches put before it */
 
 struct spool {
 	char dir[PATH_MAX - 256];
@@ -32,6 +33,7 @@ struct spool {
 	uint64_t bytes;
 	uint64_t events;
 	uint64_t dropped_events;
+	size_t writing;
 };
 
 enum job_kind { J_WRITE, J_READ, J_UNLINK };
@@ -238,7 +240,7 @@ static int scan(struct spool *sp, struct err *err)
 		sp->bytes += e.bytes;
 		sp->events += e.events;
 		if (seq >= sp->next_seq)
-			sp->next_seq = seq + 1;
+			sp->next_seq = seq + SEQ_STEP;
 	}
 	closedir(d);
 	if (sp->n)
@@ -283,7 +285,7 @@ struct spool *spool_open(const struct spool_opts *o, struct err *err)
 	sp->workers = o->workers;
 	sp->on_dropped = o->on_dropped;
 	sp->arg = o->arg;
-	sp->next_seq = 1;
+	sp->next_seq = SEQ_STEP;
 	if (mkdir_p(sp->dir, err) < 0 || scan(sp, err) < 0) {
 		free(sp->e);
 		free(sp);
@@ -366,6 +368,7 @@ static void write_done(void *arg)
 	struct spool *sp = j->sp;
 	struct spool_entry *e = find(sp, j->seq);
 	struct logbatch *back = NULL;
+	sp->writing--;
 	if (j->rc == 0 && e) {
 		e->writing = 0;
 		e->bytes = j->size;
@@ -384,7 +387,7 @@ static void write_done(void *arg)
 }
 
 int spool_write(struct spool *sp, uint64_t key, const char *header, struct logbatch *b,
-		spool_written_fn done, void *arg)
+		int first, spool_written_fn done, void *arg)
 {
 	if (strlen(header) > SPOOL_HEADER_MAX || b->n == 0)
 		return -1;
@@ -394,6 +397,20 @@ int spool_write(struct spool *sp, uint64_t key, const char *header, struct logba
 	j->kind = J_WRITE;
 	j->sp = sp;
 	j->seq = sp->next_seq;
+	if (first) {
+		for (size_t i = 0; i < sp->n; i++) {
+			if (sp->e[i].key != key)
+				continue;
+			/* Just below the key's oldest entry, unless that slot is taken. */
+			uint64_t s = sp->e[i].seq - 1;
+			if (sp->e[i].seq > 1 && !find(sp, s))
+				j->seq = s;
+			else
+				log_warn("spool.order", "key=%016" PRIx64 ": no room before its oldest "
+					 "batch; this one is sent after it", key);
+			break;
+		}
+	}
 	j->key = key;
 	j->events = b->n;
 	j->written = done;
@@ -415,8 +432,15 @@ int spool_write(struct spool *sp, uint64_t key, const char *header, struct logba
 		free(j);
 		return -1;
 	}
-	sp->next_seq++;
+	if (j->seq == sp->next_seq)
+		sp->next_seq += SEQ_STEP;
+	sp->writing++;
 	return 0;
+}
+
+size_t spool_pending_writes(const struct spool *sp)
+{
+	return sp->writing;
 }
 
 struct read_sink {

@@ -68,10 +68,14 @@ struct spool *spool_open(const struct spool_opts *opts, struct err *err);
 void spool_free(struct spool *sp);
 
 /* Queues the batch (moved out of *b) with header (copied; at most
- * SPOOL_HEADER_MAX bytes) under key. 0 queued; -1 when the pool refused
- * (the batch stays in *b). */
+ * SPOOL_HEADER_MAX bytes) under key. With `first`, it is ordered before the
+ * key's entries already there (a batch that was in flight while newer ones
+ * of its stream were spooled). 0 queued; -1 when the pool refused (the
+ * batch stays in *b). */
 int spool_write(struct spool *sp, uint64_t key, const char *header, struct logbatch *b,
-		spool_written_fn done, void *arg);
+		int first, spool_written_fn done, void *arg);
+/* Writes queued and not yet durable. */
+size_t spool_pending_writes(const struct spool *sp);
 
 /* The oldest durable, idle entry whose key is not busy, not still being
  * written for an older batch, and not refused by skip (may be NULL). */

@@ -192,6 +192,10 @@ static int describe(struct client *cl, struct call *c, const char *method, const
 		return err_set(err, "cannot reach the coordinator at %s: %s (is it running, and is "
 				    "SLIPWAY_HOST right?)", cl->base, detail);
 	case HTTP_ERR_TLS:
+		if (strstr(detail, "name"))
+			return err_set(err, "TLS verification of %s failed: %s (the certificate "
+					    "was issued for another name: use that name in "
+					    "SLIPWAY_HOST)", cl->base, detail);
 		return err_set(err, "TLS verification of %s failed: %s. If the coordinator's "
 				    "certificate comes from a private CA, set SLIPWAY_CA_FILE to "
 				    "that CA's certificate (verification cannot be turned off)",
@@ -200,8 +204,11 @@ static int describe(struct client *cl, struct call *c, const char *method, const
 		return err_set(err, "%s %s: no answer from %s in time (%s)", method, path, cl->base,
 			       detail);
 	case HTTP_ERR_TRANSPORT:
-		return err_set(err, "%s %s: the connection to %s broke (%s)", method, path,
-			       cl->base, detail);
+		return err_set(err, "%s %s: the connection to %s broke (%s)%s", method, path,
+			       cl->base, detail,
+			       strncmp(cl->base, "http://", 7) == 0 && c->status == 0
+				       ? "; if the coordinator serves TLS, use https://"
+				       : "");
 	case HTTP_ERR_TOO_LARGE:
 		return err_set(err, "%s %s: the answer is larger than %zu MiB", method, path,
 			       CLIENT_MAX_ANSWER >> 20);
@@ -223,8 +230,7 @@ static int describe(struct client *cl, struct call *c, const char *method, const
 				    "SLIPWAY_API_KEY or run `slipway login`)",
 			       cl->key_from ? " from " : "", cl->key_from ? cl->key_from : "", msg);
 	if (c->status == 403)
-		return err_set(err, "%s (forbidden: this API key's role or app does not allow it)",
-			       msg);
+		return err_set(err, "%s (forbidden)", msg);
 	if (c->status == 503)
 		return err_set(err, "the coordinator is busy: %s; try again", msg);
 	if (c->status == 500)

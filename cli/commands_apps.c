@@ -250,11 +250,11 @@ static void print_info(struct cli *cli, const cJSON *doc)
 		int64_t end = cli_int(ro, "ended_ms");
 		int64_t start = cli_int(ro, "started_ms");
 		const char *reason = cli_str(ro, "reason");
-		snprintf(buf, sizeof buf, "%s %s of %s (%s), started %s, %s %s%s%s",
+		snprintf(buf, sizeof buf, "%s of %s (%s): %s, started %s, %s %s%s%s",
 			 cli_str(ro, "id") ? cli_str(ro, "id") : "?",
-			 cli_str(ro, "state") ? cli_str(ro, "state") : "?",
 			 cli_str(ro, "release") ? cli_str(ro, "release") : "?",
 			 cli_str(ro, "trigger") ? cli_str(ro, "trigger") : "?",
+			 cli_str(ro, "state") ? cli_str(ro, "state") : "?",
 			 table_ago(start, now, t1), end ? "took" : "running for",
 			 table_duration((end ? end : now) - start, t2), reason ? ": " : "",
 			 reason ? reason : "");

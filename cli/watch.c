@@ -139,10 +139,12 @@ static int ended(struct cli *cli, const cJSON *ro, struct err *err)
 		fflush(cli->out);
 		return 0;
 	}
-	const char *prev = cli_str(ro, "previous_release");
+	char prev[80];
+	table_clean(cli_str(ro, "previous_release"), prev, sizeof prev);
 	if (strcmp(state, "rolled back") == 0)
 		return err_set(err, "rollout %s of %s was rolled back%s%s: %s keeps serving", rid,
-			       rel, reason[0] ? ": " : "", reason, prev ? prev : "the previous release");
+			       rel, reason[0] ? ": " : "", reason,
+			       prev[0] ? prev : "the previous release");
 	if (strcmp(state, "superseded") == 0)
 		return err_set(err, "rollout %s of %s was superseded by a newer promotion%s%s", rid,
 			       rel, reason[0] ? ": " : "", reason);

@@ -110,10 +110,31 @@ struct http_client {
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static CURLcode global_rc;
+static const char *default_ca_file; /* NULL: libcurl's own default */
+
+/* Where distributions keep their CA bundle. The static agent's libcurl
+ * (cross/) has no default compiled in, so it uses the first of these present
+ * at run time and one binary works on Debian, Amazon Linux, Alpine alike. */
+static const char *const ca_bundles[] = {
+	"/etc/ssl/certs/ca-certificates.crt",                /* Debian, Ubuntu, Alpine */
+	"/etc/pki/tls/certs/ca-bundle.crt",                  /* Amazon Linux, Fedora, RHEL */
+	"/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", /* RHEL, CentOS */
+	"/etc/ssl/ca-bundle.pem",                            /* openSUSE */
+	"/etc/ssl/cert.pem",                                 /* Alpine, the BSDs */
+};
 
 static void global_init(void)
 {
 	global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+	const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+	if (v->age >= CURLVERSION_NINTH && (v->cainfo || v->capath))
+		return;
+	for (size_t i = 0; i < sizeof ca_bundles / sizeof ca_bundles[0]; i++) {
+		if (access(ca_bundles[i], R_OK) == 0) {
+			default_ca_file = ca_bundles[i];
+			return;
+		}
+	}
 }
 
 /* ---- lists ---- */
@@ -962,8 +983,8 @@ uint64_t http_client_start(struct http_client *c, const struct http_request *req
 	SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
 	SETOPT(CURLOPT_SSL_VERIFYPEER, 1L);
 	SETOPT(CURLOPT_SSL_VERIFYHOST, 2L);
-	if (req->ca_file)
-		SETOPT(CURLOPT_CAINFO, req->ca_file);
+	if (req->ca_file || default_ca_file)
+		SETOPT(CURLOPT_CAINFO, req->ca_file ? req->ca_file : default_ca_file);
 	if (req->unix_socket)
 		SETOPT(CURLOPT_UNIX_SOCKET_PATH, req->unix_socket);
 	SETOPT(CURLOPT_TIMEOUT_MS, (long)(req->timeout_ms > 0 ? req->timeout_ms : 0));

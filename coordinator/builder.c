@@ -29,6 +29,7 @@
 #include "proc.h"
 #include "releases.h"
 #include "secrets.h"
+#include "slack.h"
 #include "store.h"
 #include "worker.h"
 
@@ -879,6 +880,8 @@ static void finish_done(int rc, void *arg)
 		 "app=%s build=%s sha=%s error=\"%s\"", j->app, j->build_id, j->sha,
 		 f->error ? f->error : "");
 	finish_free(f);
+	if (rc == 0 && !complete)
+		slack_build_failed(j->b->c, j->build_id); /* slack: the failed row is committed */
 	if (rc == 0 && complete) {
 		j->inflight = IF_WAIT;
 		if (releases_create_from_build(j->b->c, j->build_id, release_made, j) == 0)

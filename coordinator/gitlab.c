@@ -251,9 +251,8 @@ static int call_start(struct call *c, struct err *err)
 		return err_set(err, "GitLab URL too long");
 	char auth[GITLAB_TOKEN_MAX + 32];
 	snprintf(auth, sizeof auth, "PRIVATE-TOKEN: %s", c->token);
-	const char *headers[] = {auth, "Accept: application/json",
-				 "User-Agent: slipway-coordinator", c->body ? "Content-Type: application/json" : NULL,
-				 NULL};
+	const char *headers[] = {auth, "Accept: application/json", "User-Agent: slipway-coordinator",
+				 c->body ? "Content-Type: application/json" : NULL, NULL};
 	struct http_request req = {
 		.method = c->method,
 		.url = url,

@@ -21,6 +21,10 @@
  * 5xx, timeouts and dropped connections with full-jitter backoff
  * (GITLAB_RETRY_* unless the conn says otherwise) before they are reported.
  * A DELETE answered 404 counts as done (the thing is gone either way).
+ * A POST retried after a 5xx or a timeout may have been applied the first
+ * time: for deploy keys GitLab then says "has already been taken" and link.c
+ * looks the key up; a webhook could exist twice (GitLab allows equal URLs),
+ * and a later link reuses the first one found.
  *
  * Ownership: every string in struct gitlab_conn and the arguments is copied
  * at the call; the struct gitlab_reply lives only during the callback.

@@ -251,7 +251,8 @@ static struct gitlab_conn conn_of(const struct flow *f, const char *base, const 
 
 static void undo(struct flow *f);
 
-static void append_message(struct flow *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void append_message(struct flow *f, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 static void append_message(struct flow *f, const char *fmt, ...)
 {
 	size_t n = strlen(f->message);
@@ -703,6 +704,12 @@ static void key_made(struct sshkey *key, const char *error, void *arg)
 	}
 	f->key = key;
 	log_redact_add(key->private_pem);
+	/* Each line of it too: a piece must not get out either. */
+	char *pem = strdup(key->private_pem), *save = NULL;
+	for (char *ln = pem ? strtok_r(pem, "\n", &save) : NULL; ln; ln = strtok_r(NULL, "\n", &save))
+		if (strncmp(ln, "-----", 5) != 0)
+			log_redact_add(ln);
+	wipe_free(pem);
 	snprintf(f->public_line, sizeof f->public_line, "%s", key->public_line);
 	snprintf(f->fingerprint, sizeof f->fingerprint, "%s", key->fingerprint);
 	get_project(f);

@@ -33,6 +33,7 @@
 #include "logsink.h"
 #include "queue.h"
 #include "rollout.h"
+#include "sdnotify.h"
 #include "secrets.h"
 #include "server.h"
 #include "settings.h"
@@ -258,6 +259,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 		return;
 	}
 	d->stopping = 1;
+	sdnotify_stopping();
 	log_info("coordinator.stopping", "signal=%d in_flight=%zu", w->signum,
 		 server_request_count(d->c.server));
 	server_stop_accepting(d->c.server);
@@ -280,6 +282,9 @@ static int run(const char *config_path)
 		return 1;
 	c->cfg = cfg;
 	c->loop = EV_DEFAULT;
+	/* systemd (Type=notify): before any thread starts, as it edits the environment */
+	if (sdnotify_init(&err) < 0)
+		log_warn("coordinator.sdnotify", "error=\"%s\"", err.msg);
 	c->started_ms = clock_wall_ms();
 	const char *dir = config_str(cfg, "data.dir");
 	snprintf(c->data_dir, sizeof c->data_dir, "%s", dir);
@@ -342,7 +347,12 @@ static int run(const char *config_path)
 	log_info("coordinator.started", "version=%s listen=%s port=%d data=%s agents=%zu nofile=%ld",
 		 SLIPWAY_VERSION, config_str(cfg, "server.listen"), server_port(c->server), dir,
 		 agents_count(c->agents), nofile);
+	char status[64];
+	snprintf(status, sizeof status, "serving on port %d", server_port(c->server));
+	sdnotify_watchdog_start(c->loop); /* pings from the loop: a stuck loop gets restarted */
+	sdnotify_ready(status);
 	ev_run(c->loop, 0);
+	sdnotify_watchdog_stop();
 	ev_signal_stop(c->loop, &d.sigterm);
 	ev_signal_stop(c->loop, &d.sigint);
 	log_info("coordinator.stopped", "uptime_ms=%lld", (long long)(clock_wall_ms() - c->started_ms));
@@ -384,6 +394,7 @@ int main(int argc, char **argv)
 			check = 1;
 		} else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
 			usage(stdout);
+			config_usage(coord_settings, coord_settings_count, stdout);
 			return 0;
 		} else {
 			break;

@@ -231,6 +231,11 @@ struct store {
 	ev_async async;
 	size_t outstanding; /* submitted and not yet delivered: keeps the loop alive */
 	struct stmt_slot stmts[STMT_CACHE_SIZE];
+	/* The checkpointer: its own connection and thread (see checkpoint_thread). */
+	sqlite3 *ckpt_db;
+	pthread_t ckpt_thread;
+	int ckpt_wanted;
+	pthread_cond_t ckpt_wake;
 };
 
 static int exec_sql(sqlite3 *db, const char *sql, struct err *err)
@@ -442,6 +447,55 @@ static void async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	deliver_done(w->data);
 }
 
+/*
+ * SQLite's automatic checkpoint runs inside the COMMIT that crosses its page
+ * threshold, so one unlucky batch of webhook deliveries waited 70-160 ms for
+ * it. The writer therefore never checkpoints: its WAL hook wakes this thread,
+ * which copies the WAL back into the database from a second connection
+ * (PASSIVE: it never blocks the writer) and pays that fsync off the write
+ * path. The WAL restarts from its beginning once a checkpoint has caught up.
+ */
+#define CHECKPOINT_PAGES 1000
+
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+	(void)db;
+	(void)name;
+	struct store *s = arg;
+	if (pages >= CHECKPOINT_PAGES) {
+		pthread_mutex_lock(&s->lock);
+		s->ckpt_wanted = 1;
+		pthread_cond_signal(&s->ckpt_wake);
+		pthread_mutex_unlock(&s->lock);
+	}
+	return SQLITE_OK;
+}
+
+static void *checkpoint_thread(void *arg)
+{
+	struct store *s = arg;
+	sigset_t all;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		while (!s->ckpt_wanted && !s->stopping)
+			pthread_cond_wait(&s->ckpt_wake, &s->lock);
+		if (s->stopping)
+			break;
+		s->ckpt_wanted = 0;
+		pthread_mutex_unlock(&s->lock);
+		int wal_pages = 0, copied = 0;
+		int rc = sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+						   &wal_pages, &copied);
+		if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+			log_warn("store.checkpoint_failed", "error=\"%s\"", sqlite3_errmsg(s->ckpt_db));
+		pthread_mutex_lock(&s->lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
 struct store *store_open(struct ev_loop *loop, const char *path, struct err *err)
 {
 	struct store *s = calloc(1, sizeof *s);
@@ -460,26 +514,49 @@ struct store *store_open(struct ev_loop *loop, const char *path, struct err *err
 		     "PRAGMA journal_mode = WAL;"
 		     "PRAGMA synchronous = FULL;"
 		     "PRAGMA foreign_keys = ON;"
-		     "PRAGMA temp_store = MEMORY;",
+		     "PRAGMA temp_store = MEMORY;"
+		     "PRAGMA wal_autocheckpoint = 0;",
 		     err) < 0 ||
 	    migrate(s->db, &s->schema_version, err) < 0) {
 		err_prefix(err, "%s", path);
 		goto fail;
 	}
+	if (sqlite3_open_v2(path, &s->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+	    SQLITE_OK) {
+		err_set(err, "open %s for checkpoints: %s", path,
+			s->ckpt_db ? sqlite3_errmsg(s->ckpt_db) : "out of memory");
+		goto fail;
+	}
+	sqlite3_busy_timeout(s->ckpt_db, 5000);
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->wake, NULL);
+	pthread_cond_init(&s->ckpt_wake, NULL);
+	sqlite3_wal_hook(s->db, wal_hook, s);
 	ev_async_init(&s->async, async_cb);
 	s->async.data = s;
 	ev_async_start(loop, &s->async);
 	ev_unref(loop); /* an idle store does not keep the loop running */
+	if (pthread_create(&s->ckpt_thread, NULL, checkpoint_thread, s) != 0) {
+		err_set(err, "cannot start the checkpoint thread");
+		ev_ref(loop);
+		ev_async_stop(loop, &s->async);
+		goto fail;
+	}
 	if (pthread_create(&s->thread, NULL, store_thread, s) != 0) {
 		err_set(err, "cannot start the store thread");
+		pthread_mutex_lock(&s->lock);
+		s->stopping = 1;
+		pthread_cond_signal(&s->ckpt_wake);
+		pthread_mutex_unlock(&s->lock);
+		pthread_join(s->ckpt_thread, NULL);
 		ev_ref(loop);
 		ev_async_stop(loop, &s->async);
 		goto fail;
 	}
 	return s;
 fail:
+	if (s->ckpt_db)
+		sqlite3_close(s->ckpt_db);
 	if (s->db)
 		sqlite3_close(s->db);
 	free(s);
@@ -547,17 +624,23 @@ void store_close(struct store *s)
 	pthread_mutex_lock(&s->lock);
 	s->stopping = 1;
 	pthread_cond_signal(&s->wake);
+	pthread_cond_signal(&s->ckpt_wake);
 	pthread_mutex_unlock(&s->lock);
 	pthread_join(s->thread, NULL);
+	pthread_join(s->ckpt_thread, NULL);
 	deliver_done(s);
 	ev_ref(s->loop); /* balances the ev_unref in store_open before stopping */
 	ev_async_stop(s->loop, &s->async);
 	for (size_t i = 0; i < STMT_CACHE_SIZE; i++)
 		if (s->stmts[i].stmt)
 			sqlite3_finalize(s->stmts[i].stmt);
+	/* Leave a short WAL behind: the next start need not replay it. */
+	sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+	sqlite3_close(s->ckpt_db);
 	sqlite3_close(s->db);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->wake);
+	pthread_cond_destroy(&s->ckpt_wake);
 	free(s);
 }
 

@@ -29,7 +29,8 @@ retention) or more than 2 hours ahead are not stored and reported in
 rejectedLogEventsInfo. Sequence tokens are not used (nor required).
 
 Control (unsigned, under /_fake/):
-  POST /_fake/fault    {"kind": K, "count": N, "seconds": S, "target": T, ...}
+  POST /_fake/fault    {"kind": K, "count": N, "seconds": S, "target": T, "group": G,
+                        "stream": S, ...}
         throttle       400 ThrottlingException
         error500       500 ServiceUnavailableException
         drop           close the connection without an answer, before storing
@@ -44,7 +45,7 @@ Control (unsigned, under /_fake/):
         skew           move the fake's clock by "offset_s" seconds
       count: how many matching requests it hits (default 1); seconds: instead,
       for how long; target: an operation name (default: PutLogEvents, except
-      expired_token: every operation).
+      expired_token: every operation); group, stream: only requests for them.
   POST /_fake/clear    drop every fault
   POST /_fake/config   {"store": false}: count events without keeping them
   GET  /_fake/stats    counters: requests per operation, errors per code, events
@@ -286,7 +287,7 @@ def verify_sigv4(method, raw_path, raw_query, headers, body):
                        "the service documentation for details.")
     # The clock check comes after the signature, as the service does it.
     now = S.now_ms()
-    hdr = {"Date": http_date(now)}
+    hdr = {}
     if when < now - SKEW_MS:
         raise AwsError(400, "InvalidSignatureException",
                        f"Signature expired: {amz} is now earlier than {fmt_amz(now - SKEW_MS)} "
@@ -296,3 +297,444 @@ def verify_sigv4(method, raw_path, raw_query, headers, body):
                        f"Signature not yet current: {amz} is still later than "
                        f"{fmt_amz(now + SKEW_MS)} ({fmt_amz(now)} + 5 min.)", hdr)
     return akid
+
+
+# ---- faults ----
+
+def take_fault(target, group, stream):
+    """The first active fault matching target (and group and stream, when the
+    fault names them), consuming one use; or None."""
+    now = time.time()
+    with S.lock:
+        for f in list(S.faults):
+            if f.get("until") is not None and now > f["until"]:
+                S.faults.remove(f)
+                continue
+            want = f.get("target")
+            if want not in (None, "*") and want != target:
+                continue
+            if f.get("group") and f["group"] != group:
+                continue
+            if f.get("stream") and f["stream"] != stream:
+                continue
+            if f.get("until") is None:
+                f["count"] -= 1
+                if f["count"] <= 0:
+                    S.faults.remove(f)
+            return dict(f)
+    return None
+
+
+# ---- operations ----
+
+def need_str(doc, key, pattern=None, max_len=512):
+    v = doc.get(key)
+    if not isinstance(v, str) or not v or len(v) > max_len:
+        raise AwsError(400, "InvalidParameterException",
+                       f"1 validation error detected: Value at '{key}' failed to satisfy "
+                       f"constraint: Member must have length between 1 and {max_len}")
+    if pattern and not re.fullmatch(pattern, v):
+        raise AwsError(400, "InvalidParameterException",
+                       f"1 validation error detected: Value '{v}' at '{key}' failed to satisfy "
+                       f"constraint: Member must satisfy regular expression pattern: {pattern}")
+    return v
+
+
+GROUP_RE = r"[\.\-_/#A-Za-z0-9]+"
+STREAM_RE = r"[^:*]*"
+
+
+def get_group(name):
+    g = S.groups.get(name)
+    if g is None:
+        raise AwsError(400, "ResourceNotFoundException", "The specified log group does not exist.")
+    return g
+
+
+def op_create_log_group(doc):
+    name = need_str(doc, "logGroupName", GROUP_RE)
+    with S.lock:
+        if name in S.groups:
+            raise AwsError(400, "ResourceAlreadyExistsException",
+                           "The specified log group already exists")
+        S.groups[name] = {"retention": None, "streams": {}, "created": S.now_ms()}
+    return {}
+
+
+def op_create_log_stream(doc):
+    group = need_str(doc, "logGroupName", GROUP_RE)
+    name = need_str(doc, "logStreamName", STREAM_RE)
+    with S.lock:
+        g = get_group(group)
+        if name in g["streams"]:
+            raise AwsError(400, "ResourceAlreadyExistsException",
+                           "The specified log stream already exists")
+        g["streams"][name] = Stream(name, S.now_ms())
+    return {}
+
+
+def op_put_retention_policy(doc):
+    group = need_str(doc, "logGroupName", GROUP_RE)
+    days = doc.get("retentionInDays")
+    if not isinstance(days, int) or days not in RETENTION_DAYS:
+        raise AwsError(400, "InvalidParameterException",
+                       f"1 validation error detected: Value '{days}' at 'retentionInDays' failed "
+                       f"to satisfy constraint: Member must satisfy enum value set")
+    with S.lock:
+        get_group(group)["retention"] = days
+    return {}
+
+
+def op_put_log_events(doc, fault):
+    group = need_str(doc, "logGroupName", GROUP_RE)
+    name = need_str(doc, "logStreamName", STREAM_RE)
+    events = doc.get("logEvents")
+    if not isinstance(events, list) or not events:
+        raise AwsError(400, "InvalidParameterException",
+                       "1 validation error detected: Value at 'logEvents' failed to satisfy "
+                       "constraint: Member must have length greater than or equal to 1")
+    if len(events) > MAX_EVENTS:
+        raise AwsError(400, "InvalidParameterException",
+                       f"1 validation error detected: Value at 'logEvents' failed to satisfy "
+                       f"constraint: Member must have length less than or equal to {MAX_EVENTS}")
+    try:
+        stamps = [e["timestamp"] for e in events]
+        msgs = [e["message"] for e in events]
+    except (TypeError, KeyError):
+        raise AwsError(400, "InvalidParameterException",
+                       "logEvents: every event needs a timestamp and a message")
+    if not all(type(t) is int for t in stamps) or not all(type(m) is str for m in msgs):
+        raise AwsError(400, "InvalidParameterException",
+                       "logEvents: timestamp must be a long and message a string")
+    for i, m in enumerate(msgs):
+        if not m:
+            raise AwsError(400, "InvalidParameterException",
+                           f"1 validation error detected: Value at 'logEvents.{i + 1}.member."
+                           f"message' failed to satisfy constraint: Member must have length "
+                           f"greater than or equal to 1")
+    # The service counts UTF-8 bytes of each message plus 26.
+    size = sum(len(m) if m.isascii() else len(m.encode("utf-8")) for m in msgs) + \
+        EVENT_OVERHEAD * len(msgs)
+    if any(a > b for a, b in zip(stamps, stamps[1:])):
+        raise AwsError(400, "InvalidParameterException",
+                       "Log events in a single PutLogEvents request must be in "
+                       "chronological order.")
+    if size > MAX_BATCH_BYTES:
+        raise AwsError(400, "InvalidParameterException",
+                       f"Upload too large: {size} bytes exceeds limit of {MAX_BATCH_BYTES}")
+    if events[-1]["timestamp"] - events[0]["timestamp"] > MAX_SPAN_MS:
+        raise AwsError(400, "InvalidParameterException",
+                       "The batch of log events in a single PutLogEvents request cannot span "
+                       "more than 24 hours.")
+    with S.lock:
+        g = get_group(group)
+        st = g["streams"].get(name)
+        if st is None:
+            raise AwsError(400, "ResourceNotFoundException",
+                           "The specified log stream does not exist.")
+        now = S.now_ms()
+        n = len(events)
+        oldest = now - PAST_MS
+        expired_before = now - g["retention"] * 86400000 if g["retention"] else None
+        too_old_end = 0
+        while too_old_end < n and events[too_old_end]["timestamp"] < oldest:
+            too_old_end += 1
+        expired_end = 0
+        if expired_before is not None:
+            while expired_end < n and events[expired_end]["timestamp"] < expired_before:
+                expired_end += 1
+        too_new_start = n
+        while too_new_start > 0 and events[too_new_start - 1]["timestamp"] > now + FUTURE_MS:
+            too_new_start -= 1
+        if fault and fault["kind"] == "partial":
+            too_old_end = max(too_old_end, min(n, int(fault.get("too_old", 0))))
+            too_new_start = min(too_new_start, max(0, n - int(fault.get("too_new", 0))))
+        start = max(too_old_end, expired_end)
+        info = {}
+        if too_old_end:
+            info["tooOldLogEventEndIndex"] = too_old_end
+        if expired_end:
+            info["expiredLogEventEndIndex"] = expired_end
+        if too_new_start < n:
+            info["tooNewLogEventStartIndex"] = too_new_start
+        kept = events[start:too_new_start] if start < too_new_start else []
+        if kept:
+            st.count += len(kept)
+            lo, hi = kept[0]["timestamp"], kept[-1]["timestamp"]
+            st.first_ts = lo if st.first_ts is None else min(st.first_ts, lo)
+            st.last_ts = hi if st.last_ts is None else max(st.last_ts, hi)
+        if S.store:
+            for e in kept:
+                msg = e["message"]
+                ts = e["timestamp"]
+                st.bytes += len(msg)
+                st.events.append((ts, msg, now))
+                m = SEQ_RE.search(msg, 0, 64)
+                if m:
+                    kind = msg.split(" ", 2)[1] if msg.startswith("testsrv ") else "seq"
+                    st.seqs.setdefault(kind, []).append(int(m.group(1)))
+        st.last_ingest = now
+        S.accepted += len(kept)
+        S.rejected += n - len(kept)
+        sec = int(time.time())
+        S.rate[sec] = S.rate.get(sec, 0) + len(kept)
+    out = {}
+    if info:
+        out["rejectedLogEventsInfo"] = info
+    return out
+
+
+def op_describe_log_streams(doc):
+    group = need_str(doc, "logGroupName", GROUP_RE)
+    prefix = doc.get("logStreamNamePrefix") or ""
+    with S.lock:
+        g = get_group(group)
+        out = []
+        for name in sorted(g["streams"]):
+            if not name.startswith(prefix):
+                continue
+            st = g["streams"][name]
+            d = {"logStreamName": name, "creationTime": st.created, "storedBytes": 0,
+                 "arn": f"arn:aws:logs:{S.region}:123456789012:log-group:{group}:log-stream:"
+                        f"{name}"}
+            if st.first_ts is not None:
+                d.update(firstEventTimestamp=st.first_ts, lastEventTimestamp=st.last_ts,
+                         lastIngestionTime=st.last_ingest)
+            out.append(d)
+    return {"logStreams": out}
+
+
+def op_get_log_events(doc):
+    group = need_str(doc, "logGroupName", GROUP_RE)
+    name = need_str(doc, "logStreamName", STREAM_RE)
+    limit = doc.get("limit") or 10000
+    token = doc.get("nextToken") or "f/0"
+    try:
+        start = int(token.split("/", 1)[1])
+    except (IndexError, ValueError):
+        raise AwsError(400, "InvalidParameterException", "The specified nextToken is invalid.")
+    with S.lock:
+        st = get_group(group)["streams"].get(name)
+        if st is None:
+            raise AwsError(400, "ResourceNotFoundException",
+                           "The specified log stream does not exist.")
+        evs = st.events[start:start + limit]
+    return {"events": [{"timestamp": t, "message": m, "ingestionTime": i} for t, m, i in evs],
+            "nextForwardToken": f"f/{start + len(evs)}", "nextBackwardToken": f"b/{start}"}
+
+
+OPS = {
+    "CreateLogGroup": op_create_log_group,
+    "CreateLogStream": op_create_log_stream,
+    "PutRetentionPolicy": op_put_retention_policy,
+    "DescribeLogStreams": op_describe_log_streams,
+    "GetLogEvents": op_get_log_events,
+}
+
+
+# ---- control ----
+
+def summary():
+    out = []
+    with S.lock:
+        for gname, g in sorted(S.groups.items()):
+            for sname, st in sorted(g["streams"].items()):
+                seqs = {}
+                for kind, lst in st.seqs.items():
+                    distinct = set(lst)
+                    hi = max(distinct) if distinct else 0
+                    seqs[kind] = {"count": len(lst), "distinct": len(distinct),
+                                  "duplicates": len(lst) - len(distinct), "max": hi,
+                                  "missing": hi - len([x for x in distinct if 1 <= x <= hi]),
+                                  "ordered": all(lst[i] < lst[i + 1] for i in range(len(lst) - 1))}
+                out.append({"group": gname, "stream": sname, "retention": g["retention"],
+                            "count": st.count, "bytes": st.bytes, "seqs": seqs})
+    return out
+
+
+def control(handler, method, path, query, body):
+    if method == "POST" and path == "/_fake/fault":
+        f = json.loads(body or b"{}")
+        kind = f.get("kind")
+        resp = {"ok": True}
+        if kind == "delete_group":
+            with S.lock:
+                S.groups.pop(f.get("group"), None)
+            return resp
+        if kind == "skew":
+            with S.lock:
+                S.clock_offset_ms = int(float(f.get("offset_s", 0)) * 1000)
+            return resp
+        if kind == "expired_token":
+            with S.lock:
+                for akid, c in S.creds.items():
+                    if c.get("token"):
+                        S.expired_tokens.add(c["token"])
+                        c["token"] = f.get("new_token") or ("tok-" + str(time.time_ns()))
+                        resp["new_token"] = c["token"]
+            return resp
+        if kind not in ("throttle", "error500", "drop", "drop_after", "slow", "partial"):
+            raise ValueError(f"unknown fault {kind}")
+        f["count"] = int(f.get("count") or 1)
+        f["until"] = time.time() + float(f["seconds"]) if f.get("seconds") else None
+        f.setdefault("target", "PutLogEvents")
+        with S.lock:
+            S.faults.append(f)
+        return resp
+    if method == "POST" and path == "/_fake/clear":
+        with S.lock:
+            S.faults.clear()
+            S.clock_offset_ms = 0
+        return {"ok": True}
+    if method == "POST" and path == "/_fake/config":
+        f = json.loads(body or b"{}")
+        with S.lock:
+            if "store" in f:
+                S.store = bool(f["store"])
+        return {"ok": True}
+    if method == "GET" and path == "/_fake/stats":
+        with S.lock:
+            return {"requests": dict(S.requests), "errors": dict(S.errors),
+                    "accepted": S.accepted, "rejected": S.rejected,
+                    "faults": [dict(f) for f in S.faults]}
+    if method == "GET" and path == "/_fake/streams":
+        return {"streams": summary()}
+    if method == "GET" and path == "/_fake/rate":
+        with S.lock:
+            return {"rate": {str(k): v for k, v in sorted(S.rate.items())}}
+    if method == "GET" and path == "/_fake/events":
+        q = urllib.parse.parse_qs(query)
+        g, s = q.get("group", [""])[0], q.get("stream", [""])[0]
+        with S.lock:
+            grp = S.groups.get(g)
+            st = grp["streams"].get(s) if grp else None
+            evs = list(st.events) if st else []
+        return {"events": [{"timestamp": t, "message": m} for t, m, _ in evs]}
+    raise KeyError(path)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fake-cloudwatch"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def date_time_string(self, timestamp=None):
+        # The Date header shows the fake's clock (skewed on purpose by the
+        # "skew" fault): clients correct their offset from it.
+        return http_date(S.now_ms() if timestamp is None else int(timestamp * 1000))
+
+    def send_json(self, status, doc, extra=None):
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-amzn-RequestId", "%032x" % time.time_ns())
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def read_body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def drop(self):
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def do_GET(self):
+        self.handle_any("GET")
+
+    def do_POST(self):
+        self.handle_any("POST")
+
+    def handle_any(self, method):
+        url = urllib.parse.urlsplit(self.path)
+        body = self.read_body()
+        if url.path.startswith("/_fake/"):
+            try:
+                doc = control(self, method, url.path, url.query, body)
+                self.send_json(200, doc)
+            except (KeyError, ValueError) as e:
+                self.send_json(400, {"error": str(e)})
+            return
+        target = self.headers.get("X-Amz-Target") or ""
+        op = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
+        with S.lock:
+            S.requests[op or target] = S.requests.get(op or target, 0) + 1
+        try:
+            if method != "POST" or url.path != "/":
+                raise AwsError(404, "UnknownOperationException", "Unknown operation")
+            verify_sigv4(method, url.path, url.query, list(self.headers.items()), body)
+            if not op or (op not in OPS and op != "PutLogEvents"):
+                raise AwsError(400, "UnknownOperationException",
+                               f"Unknown operation {target}")
+            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+            if ctype != "application/x-amz-json-1.1":
+                raise AwsError(400, "SerializationException",
+                               f"Unexpected content type {ctype!r}")
+            try:
+                doc = json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise AwsError(400, "SerializationException",
+                               "Start of structure or map found where not expected.")
+            if not isinstance(doc, dict):
+                raise AwsError(400, "SerializationException", "Expected an object")
+            fault = take_fault(op, doc.get("logGroupName"), doc.get("logStreamName"))
+            if fault:
+                k = fault["kind"]
+                with S.lock:
+                    S.errors["fault:" + k] = S.errors.get("fault:" + k, 0) + 1
+                if k == "throttle":
+                    raise AwsError(400, "ThrottlingException", "Rate exceeded")
+                if k == "error500":
+                    raise AwsError(500, "ServiceUnavailableException",
+                                   "The service cannot complete the request.")
+                if k == "drop":
+                    self.drop()
+                    return
+                if k == "slow":
+                    time.sleep(float(fault.get("ms", 2000)) / 1000.0)
+            if op == "PutLogEvents":
+                out = op_put_log_events(doc, fault)
+            else:
+                out = OPS[op](doc)
+            if fault and fault["kind"] == "drop_after":
+                self.drop()
+                return
+            self.send_json(200, out)
+        except AwsError as e:
+            with S.lock:
+                S.errors[e.code] = S.errors.get(e.code, 0) + 1
+            extra = {"x-amzn-ErrorType": e.code}
+            extra.update(e.headers)
+            self.send_json(e.status, {"__type": e.code, "message": e.message}, extra)
+
+
+def main():
+    global S
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--region", default="us-east-1")
+    ap.add_argument("--access-key", default="AKIDFAKECLOUDWATCH")
+    ap.add_argument("--secret-key", default="fake-secret-key-for-tests")
+    ap.add_argument("--token", default=None)
+    ap.add_argument("--no-store", action="store_true")
+    a = ap.parse_args()
+    S = State(a.region, {a.access_key: {"secret": a.secret_key, "token": a.token}})
+    S.store = not a.no_store
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    print(srv.server_address[1], flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

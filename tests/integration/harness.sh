@@ -36,38 +36,13 @@ mkdir -p "$state/runs"
 STALE_AFTER=${SLIPWAY_HARNESS_STALE_AFTER:-3600} # seconds
 
 say() { echo "harness: $*"; }
+# docker_ok, alive, stop_pid, proc_start, free_port, testsrv_build, base_rootfs_tar
+# shellcheck source=../lib/docker-env.sh
+. "$top/tests/lib/docker-env.sh"
 fail() {
 	echo "harness: ERROR: $*" >&2
 	exit 1
 }
-
-docker_ok() { curl -sf --max-time 3 --unix-socket "$sock" http://docker/_ping >/dev/null 2>&1; }
-
-# alive PID [NAME]: the process runs (zombies count as gone) and, if NAME is
-# given, its command line mentions NAME (guards against a recycled pid).
-alive() {
-	local pid=$1 name=${2:-} st
-	[ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
-	st=$(sed -E 's/^.*\) (.).*/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1
-	[ "$st" != Z ] || return 1
-	[ -z "$name" ] || tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$name"
-}
-
-# stop_pid PID NAME SECONDS: SIGTERM, wait, then SIGKILL.
-stop_pid() {
-	local pid=$1 name=$2 i
-	alive "$pid" "$name" || return 0
-	kill -TERM "$pid" 2>/dev/null || return 0
-	for ((i = 0; i < $3 * 10; i++)); do
-		alive "$pid" || return 0
-		sleep 0.1
-	done
-	say "$name (pid $pid) ignored SIGTERM for $3 s; killing it"
-	kill -KILL "$pid" 2>/dev/null || true
-}
-
-# The start time of a process (clock ticks since boot), to tell a pid from its reuse.
-proc_start() { sed -E 's/^.*\) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
 
 # A run is alive while the process that called up (tests/run, or your shell) lives.
 # Its marker $state/runs/RUNID holds OWNER=pid:start plus a copy of ENVFILE.
@@ -189,10 +164,6 @@ remove_stale() {
 	done
 }
 
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 start_registry() {
 	local port code deadline
 	for _ in 1 2 3 4 5; do
@@ -235,31 +206,16 @@ start_registry() {
 build_testsrv() {
 	mkdir -p "$build/images"
 	testsrv=$build/images/testsrv
-	# Compile aside and rename, so concurrent runs never see half a binary.
-	musl-gcc -static -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -Wshadow \
-		-Wmissing-prototypes -Wstrict-prototypes \
-		-o "$testsrv.$$" "$top/tests/images/testsrv.c"
-	mv -f "$testsrv.$$" "$testsrv"
+	testsrv_build "$top" "$testsrv"
 	save_env
 }
 
 build_images() {
-	local root=$tmp_dir/rootfs app
-	mkdir -p "$root/bin" "$root/etc" "$root/tmp"
-	chmod 1777 "$root/tmp"
-	cp /bin/busybox "$root/bin/busybox"
-	for app in sh ls cat sleep wget nc echo env true false; do
-		ln -sf busybox "$root/bin/$app"
-	done
-	cp "$testsrv" "$root/testsrv"
-	printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
-	printf 'root:x:0:\nnobody:x:65534:\n' >"$root/etc/group"
-	tar --numeric-owner --owner=0 --group=0 -C "$root" -cf "$tmp_dir/rootfs.tar" .
+	base_rootfs_tar "$testsrv" "$tmp_dir/rootfs" "$tmp_dir/rootfs.tar"
 
 	# base keeps testsrv's default RELEASE ("dev"); v1 and v2 default RELEASE to
 	# their tag so they differ in digest (RELEASE in a container's env wins).
-	local common=(--change 'CMD ["/testsrv"]' --change 'EXPOSE 8080'
-		--change "LABEL slipway.test=$run_id")
+	local common=("${BASE_IMAGE_CHANGES[@]}" --change "LABEL slipway.test=$run_id")
 	base_image=slipway-test/base:$run_id
 	image_v1=$registry/slipway-test/testsrv:v1
 	image_v2=$registry/slipway-test/testsrv:v2

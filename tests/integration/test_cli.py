@@ -422,9 +422,13 @@ def deploy_section(co, host, key, agent_instance):
     d1 = project("p1", v1, listen)
     r = sw("deploy", d1, "--app", APP, "--wait", "--description", "first deploy",
            timeout=900)
-    t.check("deploy --wait: exit 0 once the release is live on the instance",
-            r.rc == 0 and "Packed " in r.out and f"Uploading to {APP}" in r.out
-            and "is live on 1 instance" in r.out, r)
+    ok = t.check("deploy --wait: exit 0 once the release is live on the instance",
+                 r.rc == 0 and "Packed " in r.out and f"Uploading to {APP}" in r.out
+                 and "is live on 1 instance" in r.out, r)
+    if not ok:
+        print("# rollouts: " + json.dumps(co.call("GET", f"/v1/apps/{APP}/rollouts",
+                                                  token=key)[1]))
+        print("# agents: " + json.dumps(co.call("GET", "/v1/agents", token=key)[1]))
     t.check("deploy streams the build log", "uploaded context" in r.out
             and "docker build" in r.out, r.out[-3000:])
     t.check("the new version serves through the agent's proxy",
@@ -519,8 +523,142 @@ def deploy_section(co, host, key, agent_instance):
     r = sw("deploy", empty, "--app", APP)
     t.check("deploy of a directory without slipway.yml: exit 1 before uploading",
             r.rc == 1 and "no slipway.yml" in r.err and "Uploading" not in r.out, r)
+    d5 = project("p5", "cli-v5-" + env.run, listen)
+    write(os.path.join(d5, ".dockerignore"), "*.yml\n")
+    r = sw("deploy", d5, "--app", APP)
+    t.check("deploy refuses a .dockerignore that leaves slipway.yml out: exit 1",
+            r.rc == 1 and "excludes slipway.yml" in r.err and "Uploading" not in r.out, r)
     r = sw("deploy", d2)
     t.check("deploy without an app: exit 2", r.rc == 2 and "which app?" in r.err, r)
     leftovers = [n for n in os.listdir(os.environ.get("TMPDIR", "/tmp"))
                  if n.startswith("slipway-deploy-")]
     t.check("deploy leaves no temporary archive behind", not leftovers, leftovers)
+
+
+def link_section(co, host, key):
+    gl = FakeGitLab(["glpat-good-token"], [{
+        "path": "group/web", "id": 42, "default_branch": "main",
+        "ssh_url_to_repo": "git@gitlab.example:group/web.git"}]).start()
+    try:
+        tok = os.path.join(env.tmp, "gitlab-token")
+        write(tok, "glpat-good-token\n")
+        args = ["apps", "link", APP2, "--gitlab-url", gl.url, "--project", "group/web",
+                "--token-file", tok, "--deploy", "branch"]
+        r = sw(*args)
+        t.check("apps link: exit 0, the key and the hook it set up",
+                r.rc == 0 and f"Linked {APP2} to group/web on {gl.url}." in r.out
+                and "Repository:  git@gitlab.example:group/web.git" in r.out
+                and "pushes to main (the project's default branch)" in r.out
+                and "Deploy key:  SHA256:" in r.out and "added, read-only" in r.out
+                and "Webhook:     GitLab id" in r.out and "created" in r.out, r)
+        t.check("the token is never printed", "glpat-good-token" not in r.out + r.err, r)
+        r = sw(*args)
+        t.check("apps link again: harmless, nothing added twice",
+                r.rc == 0 and "already there" in r.out and "brought up to date" in r.out
+                and len(gl.state.keys.get(42, [])) == 1 and len(gl.state.hooks.get(42, [])) == 1,
+                (r, gl.state.keys, gl.state.hooks))
+        r = sw("apps", "info", APP2)
+        t.check("apps info shows the link", "GitLab:      linked to group/web" in r.out, r)
+        bad = os.path.join(env.tmp, "gitlab-bad-token")
+        write(bad, "glpat-wrong\n")
+        r = sw("apps", "link", APP, "--gitlab-url", gl.url, "--project", "group/web",
+               "--token-file", bad)
+        t.check("apps link with a token GitLab refuses: exit 1, GitLab's reason",
+                r.rc == 1 and "GitLab refused the token" in r.err, r)
+        r = sw("apps", "link", APP, "--gitlab-url", gl.url, "--project", "group/web")
+        t.check("apps link without --token-file: exit 2", r.rc == 2, r)
+        r = sw("apps", "unlink", APP2)
+        t.check("apps unlink: exit 0, hook and key removed",
+                r.rc == 0 and r.out == f"Unlinked {APP2} from GitLab (webhook removed, deploy "
+                                       "key removed).\n"
+                and not gl.state.keys.get(42) and not gl.state.hooks.get(42),
+                (r, gl.state.keys, gl.state.hooks))
+        r = sw("apps", "unlink", APP2)
+        t.check("apps unlink of an unlinked app: exit 0, nothing to do",
+                r.rc == 0 and "was not linked" in r.out, r)
+        t.check("GitLab saw no protocol violation", not gl.state.violations,
+                gl.state.violations)
+    finally:
+        gl.stop()
+
+
+def delete_section():
+    r = sw("apps", "delete", APP2, stdin="")
+    t.check("apps delete without --confirm off a terminal: exit 2",
+            r.rc == 2 and f"--confirm {APP2}" in r.err, r)
+    r = sw("apps", "delete", APP2, "--confirm", "other")
+    t.check("apps delete with the wrong confirmation: exit 1, nothing deleted",
+            r.rc == 1 and APP2 in sw("apps").out, r)
+    r = sw("apps", "delete", APP2, "--confirm", APP2)
+    t.check("apps delete: exit 0", r.rc == 0 and r.out.startswith(f"Deleted app {APP2} ("), r)
+    t.check("and it is gone", APP2 not in sw("apps").out)
+
+
+def tls_section():
+    """A coordinator serving HTTPS with a certificate from a private CA."""
+    d = os.path.join(env.tmp, "tls")
+    os.makedirs(d)
+
+    def ossl(*a):
+        subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+         "-days", "2", "-subj", "/CN=slipway test CA")
+    ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
+         "-subj", "/CN=127.0.0.1")
+    write(os.path.join(d, "ext"), "subjectAltName=IP:127.0.0.1\n")
+    ossl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext")
+    with Coordinator(extra={"server.tls_cert": os.path.join(d, "srv.pem"),
+                            "server.tls_key": os.path.join(d, "srv.key")}) as tco:
+        host = f"https://127.0.0.1:{tco.port}"
+        r = sw("apps", e=cli_env(host, tco.admin_key))
+        t.check("TLS with a certificate from an unknown CA: exit 1, points at SLIPWAY_CA_FILE",
+                r.rc == 1 and "TLS verification" in r.err and "SLIPWAY_CA_FILE" in r.err, r)
+        r = sw("apps", e=cli_env(host, tco.admin_key,
+                                 SLIPWAY_CA_FILE=os.path.join(d, "ca.pem")))
+        t.check("with SLIPWAY_CA_FILE naming the CA: exit 0", r.rc == 0 and "APP" in r.out, r)
+
+
+def main():
+    with Coordinator(extra={"docker.socket": L.DOCKER_SOCK, "registry.host": REGISTRY,
+                            "queue.lease": "30s"}) as co:
+        host = f"http://127.0.0.1:{co.port}"
+        key = co.admin_key
+        tmpdir = os.path.join(env.tmp, "t")
+        os.makedirs(tmpdir)
+        DEFAULT_ENV.update(cli_env(host, key, TMPDIR=tmpdir))
+        os.environ["TMPDIR"] = tmpdir  # what the leftover check looks at
+        try:
+            usage_and_connection(co, host, key)
+            login(host, key)
+            apps_section(co, host, key)
+            releases_env_section(co, host, key)
+            logs_section(co, host, key)
+            link_section(co, host, key)
+            agent = env.agent(CoordForAgent(co), instance="node").start()
+            node = "node-" + env.run
+            reg = L.wait_for(lambda: [a for a in CoordForAgent(co).agents()
+                                      if a["instance_id"] == node and a["state"] == "live"],
+                             30, 0.1)
+            t.check("the real agent registers", bool(reg), agent.log_text()[-2000:])
+            if reg:
+                deploy_section(co, host, key, node)
+            delete_section()
+        except Exception as exc:  # a crash is a failure with its story, not a silent stop
+            import traceback
+            t.fail("the test ran to its end", traceback.format_exc() + "\n" + co.log_tail())
+            raise exc
+        finally:
+            subprocess.run(["sh", "-c", "ids=$(docker images -q --filter "
+                            f"label=slipway.app={APP} | sort -u); "
+                            "[ -z \"$ids\" ] || docker rmi -f $ids >/dev/null 2>&1"],
+                           env=dict(os.environ, DOCKER_HOST="unix://" + L.DOCKER_SOCK))
+    tls_section()
+
+
+try:
+    main()
+finally:
+    env.close()
+t.plan(t.n)
+sys.exit(t.done())

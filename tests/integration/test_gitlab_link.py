@@ -132,6 +132,23 @@ def run(co, gl, ssh):
             ok2, out2 = ssh.clone(f.read(), os.path.join(tmp, "clone2"))
         t.check("a key GitLab was not given is refused by the same sshd", not ok2, out2)
 
+    # -- the builder fetches the pushed commit through the same sshd, same key --
+    st, d, _ = deliver(co, row["hook_id"], hook["token"],
+                       push_payload(ssh.sha, user="alice", ssh_url=ssh.url()), uuid="fetch-1")
+    t.check("a push to main is accepted for building", st == 202, f"{st} {d}")
+
+    def build_ended():
+        st, b, _ = co.call("GET", "/v1/apps/web/builds", token=key)
+        done = [x for x in (b or {}).get("builds", []) if x["status"] in ("failed", "complete")]
+        return done[0] if done else None
+    build = wait_until(build_ended, 60) or {}
+    st, blog, _ = co.call("GET", f"/v1/builds/{build.get('id')}/log", token=key)
+    pinned = app_row(co)["known_hosts"] or ""
+    t.check("the builder fetched the commit over SSH with the deploy key (host key pinned)",
+            build.get("sha") == ssh.sha and build.get("author") == "alice"
+            and not (build.get("error") or "").startswith("git") and f"[127.0.0.1]:{ssh.port}"
+            in pinned, f"{build} {pinned!r}\n{blog}")
+
     # -- linking twice --
     st, b2, _ = link(co, deploy="tags")
     state = gl.control()

@@ -80,7 +80,8 @@ static void test_cleaning(void **state)
 	assert_string_equal(table_clean(NULL, out, sizeof out), "");
 	/* Cut on a character boundary, marked with "...". */
 	assert_string_equal(table_clean("abcdefghij", out, 8), "abcd...");
-	assert_string_equal(table_clean("\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", out, 8), "\xc3\xa9\xc3\xa9...");
+	assert_string_equal(table_clean("\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", out, 8),
+			    "\xc3\xa9\xc3\xa9...");
 	assert_string_equal(table_clean("abcdefg", out, 8), "abcdefg");
 }
 

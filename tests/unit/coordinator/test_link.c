@@ -122,6 +122,11 @@ static int count_of(const cJSON *state, const char *what, const char *pid)
 	return arr ? cJSON_GetArraySize(arr) : 0;
 }
 
+static const cJSON *first_of(const cJSON *state, const char *what)
+{
+	return cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(state, what), "42"), 0);
+}
+
 static void no_violations(const cJSON *state)
 {
 	const cJSON *v = cJSON_GetObjectItem(state, "violations");
@@ -185,8 +190,8 @@ static void test_link_then_again(void **state)
 	no_violations(st);
 	assert_int_equal(count_of(st, "keys", "42"), 1);
 	assert_int_equal(count_of(st, "hooks", "42"), 1);
-	const cJSON *k = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(st, "keys"), "42"), 0);
-	const cJSON *h = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(st, "hooks"), "42"), 0);
+	const cJSON *k = first_of(st, "keys");
+	const cJSON *h = first_of(st, "hooks");
 	assert_true(cJSON_IsFalse(cJSON_GetObjectItem(k, "can_push")));
 	assert_true(sshkey_same_public(fx_str(k, "key"), public_line));
 	char hook_id[80];
@@ -228,7 +233,7 @@ static void test_link_then_again(void **state)
 	no_violations(st);
 	assert_int_equal(count_of(st, "keys", "42"), 1);
 	assert_int_equal(count_of(st, "hooks", "42"), 1);
-	h = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(st, "hooks"), "42"), 0);
+	h = first_of(st, "hooks");
 	assert_string_equal(fx_str(h, "push_events_branch_filter"), "release");
 	assert_string_equal(fx_str(h, "token"), hook_token);
 	cJSON_Delete(st);

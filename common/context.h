@@ -39,8 +39,8 @@
  * thread. context_build_async and context_job_cancel are for the loop thread;
  * `done` runs there. The ignore functions are pure and thread-safe.
  */
-#ifndef SLIPWAY_COORD_CONTEXT_H
-#define SLIPWAY_COORD_CONTEXT_H
+#ifndef SLIPWAY_CONTEXT_H
+#define SLIPWAY_CONTEXT_H
 
 #include <stddef.h>
 #include <stdint.h>
