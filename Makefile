@@ -19,7 +19,7 @@ DEB_PACKAGES = build-essential pkg-config clang git python3 ca-certificates curl
 	libev-dev libcurl4-openssl-dev libcjson-dev libmbedtls-dev zlib1g-dev \
 	libhttp-parser-dev libsqlite3-dev libyaml-dev libarchive-dev libcmocka-dev \
 	docker.io docker-registry busybox-static musl-tools openssh-server openssh-client \
-	wrk haproxy iproute2 procps
+	wrk haproxy iproute2 procps cloud-init packer
 
 OBJ = $(BUILD)/obj
 
@@ -122,14 +122,17 @@ check:
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 FUZZ_SECONDS ?= 20
-# One sub-make builds the instrumented library that every target links.
+# One sub-make builds the instrumented libraries every target links: common,
+# and the coordinator's for its parsers (webhooks, slipway.yml); a target only
+# pulls in the objects it uses.
 .PHONY: fuzz-lib
 fuzz-lib:
 	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=clang OPT="-O1 -g" \
-		SAN="-fsanitize=address,undefined,fuzzer-no-link" build/fuzz/libcommon.a
+		SAN="-fsanitize=address,undefined,fuzzer-no-link" build/fuzz/libcommon.a \
+		build/fuzz/libcoordinator.a
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c fuzz-lib
-	clang $(CSTD) -O1 -g $(WARN) -Icommon -fsanitize=address,undefined,fuzzer -o $@ $< \
-		build/fuzz/libcommon.a $(LIBS_BASE)
+	clang $(CSTD) -O1 -g $(WARN) -Icommon -Icoordinator -fsanitize=address,undefined,fuzzer \
+		-o $@ $< build/fuzz/libcoordinator.a build/fuzz/libcommon.a $(LIBS_COORD) $(LIBS_BASE)
 
 fuzz: $(FUZZ_BINS)
 	@tests/fuzz/run $(FUZZ_SECONDS) $(FUZZ_BINS)

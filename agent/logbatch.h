@@ -129,7 +129,7 @@ size_t logbatch_json_len(const char *s, size_t len);
 
 /* ---- positions ---- */
 
-#define LOGPOS_RING 256
+#define LOGPOS_RING 64
 #define LOGPOS_LAST 8                  /* newest events the margin is taken from */
 #define LOGPOS_MARGIN_NS 5000000LL     /* 5 ms */
 

@@ -24,7 +24,7 @@
 
 #define DEFAULT_FLUSH_MS 1000
 #define DEFAULT_MEMORY_MAX ((uint64_t)32 << 20)
-#define MAX_WAIT 1                  /* sealed batches waiting behind the one in flight */
+#define MAX_WAIT 2                  /* sealed batches waiting behind the one in flight */
 #define SPOOLING_MAX 4              /* a stream's spool writes in progress before it pauses */
 #define DRAIN_MAX 4                 /* spooled batches in flight when the destination is up */
 #define INSPECT_MAX 8               /* container inspects at a time */
@@ -67,8 +67,8 @@ struct lstream {
 	char app[64];
 	char service[64];
 	char release[72];
-	char group[NAME_MAX_LEN];
-	char stream[NAME_MAX_LEN];
+	char *group;                /* at most NAME_MAX_LEN - 1 bytes */
+	char *stream;
 	bool tty;
 	/* reading */
 	enum fstate fs;
@@ -290,7 +290,19 @@ static void stream_free(struct lstream *st)
 	}
 	buf_free(&st->pend);
 	free(st->pm);
+	free(st->group);
+	free(st->stream);
 	free(st);
+}
+
+/* Names live on the heap: most are short, and a stream exists per container. */
+static void set_str(char **dst, const char *src)
+{
+	char *n = strdup(src);
+	if (!n)
+		return; /* keeps the old name (or "") */
+	free(*dst);
+	*dst = n;
 }
 
 static void set_names(struct lstream *st, const char *app, const char *service,
@@ -300,9 +312,13 @@ static void set_names(struct lstream *st, const char *app, const char *service,
 	snprintf(st->app, sizeof st->app, "%s", app && *app ? app : "unknown");
 	snprintf(st->service, sizeof st->service, "%s", service && *service ? service : "unknown");
 	snprintf(st->release, sizeof st->release, "%s", release ? release : "");
-	logship_group_name(ls->prefix, st->app, st->group, sizeof st->group);
-	logship_stream_name(st->service, ls->instance, st->id, st->stream, sizeof st->stream);
-	st->key = key_of(st->group, st->stream);
+	char group[NAME_MAX_LEN], stream[NAME_MAX_LEN];
+	logship_group_name(ls->prefix, st->app, group, sizeof group);
+	logship_stream_name(st->service, ls->instance, st->id, stream, sizeof stream);
+	set_str(&st->group, group);
+	set_str(&st->stream, stream);
+	if (st->group && st->stream)
+		st->key = key_of(st->group, st->stream);
 }
 
 /* Nothing left to read or send for this container. */
@@ -878,7 +894,7 @@ static void on_inspect_after_end(const struct docker_result *res, void *arg)
 		return;
 	}
 	st->fs = F_EOF;
-	log_debug("logship.eof", "container=%.12s", st->id);
+	log_info("logship.eof", "container=%.12s: read to its end", st->id);
 	maybe_forget(st);
 }
 
@@ -979,6 +995,11 @@ static void on_inspect(const struct docker_result *res, void *arg)
 		snprintf(st->short_id, sizeof st->short_id, "%.12s", st->id);
 		set_names(st, label_of(labels, "slipway.app"), label_of(labels, "slipway.service"),
 			  label_of(labels, "slipway.release"));
+		if (!st->group || !st->stream) {
+			stream_free(st);
+			inspect_finish(r);
+			return;
+		}
 		st->tty = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cfg, "Tty"));
 		struct logpos_mark m = {0, 0};
 		if (!checkpoint_get(ls->ckpt, st->id, &m)) {
@@ -1122,7 +1143,9 @@ static void on_event(const cJSON *ev, int64_t time_ns, void *arg)
 	if (!cJSON_IsString(action) || !cJSON_IsString(id))
 		return;
 	if (strcmp(action->valuestring, "start") == 0 || strcmp(action->valuestring, "restart") == 0) {
-		queue_inspect(ls, id->valuestring, false);
+		/* It ran while we watch: read it even if it is already gone again
+		 * (a crash loop, a one-shot task), to the end of its output. */
+		queue_inspect(ls, id->valuestring, true);
 	} else if (strcmp(action->valuestring, "destroy") == 0) {
 		struct lstream *st = find_id(ls, id->valuestring);
 		if (st) {
@@ -1249,6 +1272,10 @@ static void on_drain_read(int ok, uint64_t seq, struct logbatch *b, const char *
 	struct drain *d = arg;
 	struct logship *ls = d->ls;
 	d->b = b;
+	if (ls->stopping) {
+		drain_free(d); /* delivered while shutting down: the file stays for the next run */
+		return;
+	}
 	if (ok)
 		d->header = json_parse(header, strlen(header), SPOOL_HEADER_MAX, NULL);
 	if (!ok || !d->header || !*hstr(d->header, "group") || !*hstr(d->header, "stream")) {
@@ -1453,8 +1480,11 @@ void logship_free(struct logship *ls)
 			docker_cancel(ls->docker, r->call);
 		free(r);
 	}
-	while (ls->drains)
-		drain_free(ls->drains);
+	for (struct drain *d = ls->drains; d; d = d->next) {
+		if (d->send_id)
+			logdest_cancel(ls->dest, d->send_id);
+		d->send_id = 0;
+	}
 	ev_timer_stop(ls->loop, &ls->probe_timer);
 	for (struct lstream *st = ls->streams; st; st = st->next) {
 		if (st->call)
@@ -1464,10 +1494,13 @@ void logship_free(struct logship *ls)
 			logdest_cancel(ls->dest, st->send_id);
 		st->send_id = 0;
 	}
-	/* Delivers the outstanding spool writes and checkpoint writes (their
-	 * callbacks still see every stream), then stops the thread. */
+	/* Delivers the outstanding spool reads and writes and checkpoint writes
+	 * (their callbacks still see every stream and drain), then stops the
+	 * thread. */
 	worker_pool_free(ls->workers);
 	ls->workers = NULL;
+	while (ls->drains)
+		drain_free(ls->drains);
 	while (ls->streams)
 		stream_free(ls->streams);
 	checkpoint_free(ls->ckpt);
@@ -1517,8 +1550,12 @@ int logship_emit(struct logship *ls, const char *group, const char *stream, int6
 		st->synthetic = true;
 		st->fs = F_EOF;
 		st->key = key;
-		snprintf(st->group, sizeof st->group, "%s", group);
-		snprintf(st->stream, sizeof st->stream, "%s", stream);
+		set_str(&st->group, group);
+		set_str(&st->stream, stream);
+		if (!st->group || !st->stream) {
+			stream_free(st);
+			return -1;
+		}
 		snprintf(st->app, sizeof st->app, "%s", "agent");
 		snprintf(st->service, sizeof st->service, "%s", "metrics");
 		snprintf(st->short_id, sizeof st->short_id, "%s", "agent");

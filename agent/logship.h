@@ -25,11 +25,17 @@
  * it is full (1,048,576 bytes counting 26 per event, 10,000 events, 24 h)
  * or flush_interval_ms after its first event; a sealed batch is sorted by
  * timestamp and loses the events CloudWatch would reject for their age
- * (counted). One batch per stream is in flight at a time; at most one more
- * waits behind it. When a container writes faster than that drains, or all
- * batches together pass memory_max, its log connection is closed
- * (backpressure: the lines stay in Docker's log file) and reopened from the
- * exact position once there is room again.
+ * (counted). One batch per stream is in flight at a time; two more may wait
+ * behind it in memory. Past that (or when all batches together pass
+ * memory_max) the waiting batches overflow to the spool, in order, and the
+ * stream keeps going through the spool until it has drained. Only when the
+ * spool cannot take them either (half of spool_max used while the
+ * destination answers, or its writes falling behind) is the container's log
+ * connection closed (backpressure: the lines stay in Docker's log file) and
+ * reopened from the exact position once there is room. Reopening costs the
+ * engine a scan of the container's log file up to `since`, which is why the
+ * spool absorbs bursts first (pausing the transfer itself would be cheaper,
+ * but http_client cannot pause a transfer yet).
  *
  * Checkpoints (agent/checkpoint.h): after each accepted (or durably
  * spooled) batch, the position after it is recorded; a stream's next batch

@@ -579,9 +579,13 @@ static void on_event(const cJSON *ev, int64_t time_ns, void *arg)
 	if (!c)
 		return;
 	if (strcmp(action, "oom") == 0) {
-		c->ooms++;
-		c->oom_seen = true;
-		log_warn("metrics.oom", "container=%.12s app=%s service=%s", id, c->app, c->service);
+		/* The kernel may report several for one kill: one per run counts. */
+		if (!c->oom_seen) {
+			c->ooms++;
+			c->oom_seen = true;
+			log_warn("metrics.oom", "container=%.12s app=%s service=%s", id, c->app,
+				 c->service);
+		}
 	} else if (strcmp(action, "die") == 0) {
 		/* No oom event came (cgroup v2 may not send one): exit 137 plus
 		 * State.OOMKilled says it. */
@@ -1026,7 +1030,7 @@ struct metrics *metrics_new(const struct metrics_opts *o, struct err *err)
 		struct err herr = {{0}};
 		/* A busy port costs the local page, not the agent: deploys go on. */
 		if (!(m->httpd = httpd_new(m->loop, &hc, &herr)))
-			log_error("metrics.listen_failed", "listen=%s error=\"%s\": no Prometheus "
+			log_warn("metrics.listen_failed", "listen=%s error=\"%s\": no Prometheus "
 				  "endpoint", o->listen, herr.msg);
 	}
 	return m;

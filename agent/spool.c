@@ -123,8 +123,8 @@ int spool_decode(const char *data, size_t len, struct logbatch *b, char **header
 		p += 13;
 		if (ml == 0 || ml > LOGBATCH_EVENT_MAX || (size_t)(end - p) < ml)
 			goto bad;
-		if (logbatch_add(b, (int64_t)ts, stream, (const char *)p, ml,
-				 logbatch_json_len((const char *)p, ml), 0) < 0) {
+		/* The escaped size only matters while a batch is being filled. */
+		if (logbatch_add(b, (int64_t)ts, stream, (const char *)p, ml, 0, 0) < 0) {
 			free(*header);
 			*header = NULL;
 			return err_set(err, "out of memory");

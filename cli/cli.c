@@ -177,6 +177,56 @@ int cli_print_json(struct cli *cli, const cJSON *doc)
 	return CLI_OK;
 }
 
+int cli_get_shown(struct cli *cli, const struct args *a, const char *path, cJSON **doc)
+{
+	struct err err;
+	*doc = NULL;
+	if (client_json(&cli->client, "GET", path, NULL, doc, &err) < 0)
+		return cli_fail(cli, &err);
+	if (!args_has(a, "json"))
+		return -1;
+	int rc = cli_print_json(cli, *doc);
+	cJSON_Delete(*doc);
+	*doc = NULL;
+	return rc;
+}
+
+const char *cli_app_listing(struct cli *cli, const struct cli_cmd *spec, const struct args *a,
+			    const char *what, char *path, size_t cap, int *rc)
+{
+	if (a->npos && args_has(a, "app")) {
+		*rc = cli_usage_error(cli, spec, "give the app once");
+		return NULL;
+	}
+	const char *app = cli_app(cli, spec, a->npos ? a->pos[0] : args_get(a, "app"), rc);
+	if (!app)
+		return NULL;
+	int64_t limit = 50;
+	struct err err;
+	if (args_get(a, "limit") &&
+	    args_int("--limit", args_get(a, "limit"), 1, 1000, &limit, &err) < 0) {
+		*rc = cli_usage_error(cli, spec, "%s", err.msg);
+		return NULL;
+	}
+	if ((*rc = cli_connect(cli)) != CLI_OK)
+		return NULL;
+	char lim[24], fmt[64];
+	snprintf(lim, sizeof lim, "%lld", (long long)limit);
+	snprintf(fmt, sizeof fmt, "/v1/apps/%%s/%s?limit=%%s", what);
+	if (cli_path(path, cap, fmt, app, lim) < 0) {
+		*rc = cli_failf(cli, "app name too long");
+		return NULL;
+	}
+	return app;
+}
+
+int cli_print_table(struct cli *cli, struct table *t)
+{
+	int rc = t && table_print(t, cli->out) == 0 ? CLI_OK : cli_failf(cli, "could not print");
+	table_free(t);
+	return rc;
+}
+
 int cli_name_check(const char *what, const char *name, struct err *err)
 {
 	size_t n = strlen(name);

@@ -81,6 +81,28 @@ void cli_note(struct cli *cli, const char *fmt, ...) __attribute__((format(print
 /* Pretty-prints a JSON document on stdout; CLI_OK or CLI_FAIL. */
 int cli_print_json(struct cli *cli, const cJSON *doc);
 
+/* Option rows many commands share. */
+#define CLI_OPT_JSON {"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"}
+#define CLI_OPT_APP {"app", 'a', ARGS_VALUE, "APP", "the app (default: $SLIPWAY_APP)"}
+#define CLI_OPT_LIMIT {"limit", 'n', ARGS_VALUE, "N", "how many, newest first (1-1000, default 50)"}
+#define CLI_OPT_TIMEOUT \
+	{"timeout", 0, ARGS_VALUE, "DURATION", "give up waiting after this long (default 30m)"}
+
+/* GET path for something to show. Returns -1 with *doc to print (the caller
+ * deletes it), or the exit code when there is nothing left to do: the
+ * request failed (printed), or --json was given and the answer is printed. */
+int cli_get_shown(struct cli *cli, const struct args *a, const char *path, cJSON **doc);
+
+/* For `NAME [<app>] [--app APP] [--limit N]` listings: checks the arguments,
+ * connects and writes /v1/apps/<app>/<what>?limit=N into path. The app, or
+ * NULL after printing why (*rc the exit code). */
+const char *cli_app_listing(struct cli *cli, const struct cli_cmd *spec, const struct args *a,
+			    const char *what, char *path, size_t cap, int *rc);
+
+struct table;
+/* Prints t on stdout and frees it (NULL: out of memory); CLI_OK or CLI_FAIL. */
+int cli_print_table(struct cli *cli, struct table *t);
+
 /* The app: --app (or the given positional), else SLIPWAY_APP; checked
  * against the name rule. NULL after printing a usage error (*rc = 2). */
 const char *cli_app(struct cli *cli, const struct cli_cmd *spec, const char *given, int *rc);

@@ -6,9 +6,7 @@
 
 #include "table.h"
 
-static const struct args_opt json_only[] = {
-	{"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"},
-};
+static const struct args_opt json_only[] = {CLI_OPT_JSON};
 
 /* ---- apps (the list) ---- */
 
@@ -33,14 +31,8 @@ static int apps_list(struct cli *cli, int argc, char **argv)
 	if ((rc = cli_connect(cli)) != CLI_OK)
 		return rc;
 	cJSON *doc;
-	struct err err;
-	if (client_json(&cli->client, "GET", "/v1/apps", NULL, &doc, &err) < 0)
-		return cli_fail(cli, &err);
-	if (args_has(&a, "json")) {
-		rc = cli_print_json(cli, doc);
-		cJSON_Delete(doc);
+	if ((rc = cli_get_shown(cli, &a, "/v1/apps", &doc)) >= 0)
 		return rc;
-	}
 	static const char *const head[] = {"APP", "STATUS", "RELEASE"};
 	struct table *t = table_new(3, head);
 	const cJSON *app;
@@ -52,12 +44,7 @@ static int apps_list(struct cli *cli, int argc, char **argv)
 			table_add(t, row);
 	}
 	cJSON_Delete(doc);
-	if (!t || table_print(t, cli->out) < 0) {
-		table_free(t);
-		return cli_failf(cli, "could not print the table");
-	}
-	table_free(t);
-	return CLI_OK;
+	return cli_print_table(cli, t);
 }
 
 /* ---- apps create ---- */
@@ -67,7 +54,7 @@ static const struct args_opt create_opts[] = {
 	{"strategy", 0, ARGS_VALUE, "S", "all | one-at-a-time | canary (default: all)"},
 	{"deploy", 0, ARGS_VALUE, "WHEN", "GitLab events that deploy: branch | tags | pipeline"},
 	{"branch", 0, ARGS_VALUE, "BRANCH", "the branch that deploys (default: the project's)"},
-	{"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"},
+	CLI_OPT_JSON,
 };
 
 static const struct cli_cmd create_cmd = {
@@ -141,7 +128,8 @@ static const struct cli_cmd delete_cmd = {
 	.synopsis = "apps delete <app> [--confirm <app>]",
 	.description = "Deletes an app with its builds, releases, rollouts and logs, and has "
 		       "every agent remove its containers. Asks for the name on a terminal; "
-		       "scripts pass --confirm with the same name. Needs an admin key.",
+		       "scripts pass --confirm with the same name. An app linked to GitLab is "
+		       "refused: `apps unlink` it first. Needs an admin key.",
 	.opts = delete_opts,
 	.nopts = 1,
 	.min_pos = 1,
@@ -299,7 +287,7 @@ static const struct args_opt link_opts[] = {
 	 "a file holding a GitLab token with the api scope (Maintainer)"},
 	{"branch", 0, ARGS_VALUE, "BRANCH", "the branch that deploys (default: the project's)"},
 	{"deploy", 0, ARGS_VALUE, "WHEN", "what deploys: branch | tags | pipeline"},
-	{"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"},
+	CLI_OPT_JSON,
 };
 
 static const struct cli_cmd link_cmd = {
@@ -410,7 +398,7 @@ static int apps_link(struct cli *cli, int argc, char **argv)
 
 static const struct args_opt unlink_opts[] = {
 	{"force", 0, ARGS_FLAG, NULL, "forget the link even when GitLab refuses to remove things"},
-	{"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"},
+	CLI_OPT_JSON,
 };
 
 static const struct cli_cmd unlink_cmd = {

@@ -6,11 +6,7 @@
 #include "table.h"
 #include "watch.h"
 
-static const struct args_opt list_opts[] = {
-	{"app", 'a', ARGS_VALUE, "APP", "the app (default: $SLIPWAY_APP)"},
-	{"limit", 'n', ARGS_VALUE, "N", "how many, newest first (1-1000, default 50)"},
-	{"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"},
-};
+static const struct args_opt list_opts[] = {CLI_OPT_APP, CLI_OPT_LIMIT, CLI_OPT_JSON};
 
 static const struct cli_cmd list_cmd = {
 	.name = "builds",
@@ -29,30 +25,12 @@ static int builds_list(struct cli *cli, int argc, char **argv)
 	int rc;
 	if (!cli_parse(cli, &list_cmd, argc, argv, &a, &rc))
 		return rc;
-	if (a.npos && args_has(&a, "app"))
-		return cli_usage_error(cli, &list_cmd, "give the app once");
-	const char *app = cli_app(cli, &list_cmd, a.npos ? a.pos[0] : args_get(&a, "app"), &rc);
-	if (!app)
+	char path[160];
+	if (!cli_app_listing(cli, &list_cmd, &a, "builds", path, sizeof path, &rc))
 		return rc;
-	int64_t limit = 50;
-	struct err err;
-	if (args_get(&a, "limit") &&
-	    args_int("--limit", args_get(&a, "limit"), 1, 1000, &limit, &err) < 0)
-		return cli_usage_error(cli, &list_cmd, "%s", err.msg);
-	if ((rc = cli_connect(cli)) != CLI_OK)
-		return rc;
-	char path[160], lim[24];
-	snprintf(lim, sizeof lim, "%lld", (long long)limit);
-	if (cli_path(path, sizeof path, "/v1/apps/%s/builds?limit=%s", app, lim) < 0)
-		return cli_failf(cli, "app name too long");
 	cJSON *doc;
-	if (client_json(&cli->client, "GET", path, NULL, &doc, &err) < 0)
-		return cli_fail(cli, &err);
-	if (args_has(&a, "json")) {
-		rc = cli_print_json(cli, doc);
-		cJSON_Delete(doc);
+	if ((rc = cli_get_shown(cli, &a, path, &doc)) >= 0)
 		return rc;
-	}
 	static const char *const head[] = {"ID", "STATUS", "RELEASE", "STARTED", "ELAPSED",
 					   "DESCRIPTION"};
 	struct table *t = table_new(6, head);
@@ -73,9 +51,7 @@ static int builds_list(struct cli *cli, int argc, char **argv)
 			table_add(t, row);
 	}
 	cJSON_Delete(doc);
-	rc = t && table_print(t, cli->out) == 0 ? CLI_OK : cli_failf(cli, "could not print");
-	table_free(t);
-	return rc;
+	return cli_print_table(cli, t);
 }
 
 /* ---- builds info ---- */
@@ -118,6 +94,7 @@ static void print_build(struct cli *cli, const cJSON *b)
 	cli_field(cli, FIELD_W, "Author", cli_str(b, "author"));
 	cli_field(cli, FIELD_W, "Description", cli_str(b, "description"));
 	cli_field(cli, FIELD_W, "Release", cli_str(b, "release"));
+	cli_field(cli, FIELD_W, "Rollout", cli_str(b, "rollout"));
 	cli_field(cli, FIELD_W, "Error", cli_str(b, "error"));
 	cli_field(cli, FIELD_W, "Created", table_ago(cli_int(b, "created_ms"), now, t));
 	cli_field(cli, FIELD_W, "Started", table_ago(s, now, t));
@@ -151,13 +128,8 @@ static int builds_info(struct cli *cli, int argc, char **argv)
 		return cli_usage_error(cli, &info_cmd, "build id too long");
 	cJSON *doc;
 	struct err err;
-	if (client_json(&cli->client, "GET", path, NULL, &doc, &err) < 0)
-		return cli_fail(cli, &err);
-	if (args_has(&a, "json")) {
-		rc = cli_print_json(cli, doc);
-		cJSON_Delete(doc);
+	if ((rc = cli_get_shown(cli, &a, path, &doc)) >= 0)
 		return rc;
-	}
 	print_build(cli, doc);
 	int running = is_running(doc);
 	cJSON_Delete(doc);

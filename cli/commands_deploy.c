@@ -8,16 +8,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "clock.h"
 #include "context.h"
 #include "table.h"
 #include "watch.h"
 
 #define DESCRIPTION_MAX 120
-#define RELEASE_WAIT_MS 60000   /* a complete build's release follows within moments */
 
 static const struct args_opt deploy_opts[] = {
-	{"app", 'a', ARGS_VALUE, "APP", "the app (default: $SLIPWAY_APP)"},
+	CLI_OPT_APP,
 	{"wait", 'w', ARGS_FLAG, NULL,
 	 "follow the rollout; exit 0 only when the release is live on every instance"},
 	{"description", 'd', ARGS_VALUE, "TEXT", "what this deploy is (shown by `builds`)"},
@@ -151,78 +149,42 @@ static int get_build(struct cli *cli, const char *build, cJSON **doc, struct err
 	return client_json(&cli->client, "GET", path, NULL, doc, err);
 }
 
-static int build_ended(const cJSON *b)
+/* Waits until the build ended. A complete build names its release and the
+ * rollout that promoted it (the coordinator makes both in the transaction
+ * that completes the build): into rel and ro. */
+static int await_build(struct cli *cli, const char *build, char *rel, char *ro, size_t cap,
+		       struct err *err)
 {
-	const char *s = cli_str(b, "status");
-	return s && (!strcmp(s, "complete") || !strcmp(s, "failed"));
-}
-
-/* Waits until the build ended and made its release; the release id into rel. */
-static int await_release(struct cli *cli, const char *build, char *rel, size_t cap,
-			 struct err *err)
-{
-	int64_t complete_at = 0;
 	for (;;) {
 		cJSON *b;
 		if (get_build(cli, build, &b, err) < 0)
 			return -1;
-		if (build_ended(b)) {
-			const char *status = cli_str(b, "status");
-			if (!strcmp(status, "failed")) {
-				char why[300];
-				table_clean(cli_str(b, "error"), why, sizeof why);
-				err_set(err, "build %s failed%s%s", build, why[0] ? ": " : "", why);
-				cJSON_Delete(b);
-				return -1;
-			}
-			if (cli_str(b, "release")) {
-				table_clean(cli_str(b, "release"), rel, cap);
-				char dur[TABLE_TIME_MAX];
-				fprintf(cli->out, "Build %s complete after %s: release %s.\n", build,
-					table_duration(cli_int(b, "ended_ms") -
-							       cli_int(b, "started_ms"),
-						       dur),
-					rel);
-				cJSON_Delete(b);
-				return 0;
-			}
-			if (!complete_at)
-				complete_at = clock_mono_ms();
-			else if (clock_mono_ms() - complete_at > RELEASE_WAIT_MS) {
-				cJSON_Delete(b);
-				return err_set(err, "build %s is complete but made no release (`slipway "
-						    "builds info %s` shows why)", build, build);
-			}
+		const char *status = cli_str(b, "status");
+		if (status && !strcmp(status, "failed")) {
+			char why[300];
+			table_clean(cli_str(b, "error"), why, sizeof why);
+			err_set(err, "build %s failed%s%s", build, why[0] ? ": " : "", why);
+			cJSON_Delete(b);
+			return -1;
+		}
+		if (status && !strcmp(status, "complete")) {
+			table_clean(cli_str(b, "release"), rel, cap);
+			table_clean(cli_str(b, "rollout"), ro, cap);
+			char dur[TABLE_TIME_MAX];
+			table_duration(cli_int(b, "ended_ms") - cli_int(b, "started_ms"), dur);
+			cJSON_Delete(b);
+			if (!rel[0] || !ro[0])
+				return err_set(err, "build %s is complete but names no release or "
+						    "rollout (`slipway builds info %s` shows why)",
+					       build, build);
+			fprintf(cli->out, "Build %s complete after %s: release %s.\n", build, dur,
+				rel);
+			return 0;
 		}
 		cJSON_Delete(b);
 		if (client_sleep(&cli->client, WATCH_POLL_MS, err) < 0)
 			return -1;
 	}
-}
-
-/* The rollout that promoted release rel (made with it, in the same commit). */
-static int find_rollout(struct cli *cli, const char *app, const char *rel, char *out,
-			size_t cap, struct err *err)
-{
-	char path[200];
-	if (cli_path(path, sizeof path, "/v1/apps/%s/rollouts?limit=50", app) < 0)
-		return err_set(err, "app name too long");
-	cJSON *doc;
-	if (client_json(&cli->client, "GET", path, NULL, &doc, err) < 0)
-		return -1;
-	const cJSON *ro;
-	int found = 0;
-	cJSON_ArrayForEach(ro, cJSON_GetObjectItemCaseSensitive(doc, "rollouts"))
-	{
-		const char *r = cli_str(ro, "release");
-		if (r && !strcmp(r, rel) && cli_str(ro, "id")) {
-			table_clean(cli_str(ro, "id"), out, cap);
-			found = 1;
-			break;
-		}
-	}
-	cJSON_Delete(doc);
-	return found ? 0 : err_set(err, "release %s was made but no rollout of it is listed", rel);
 }
 
 static int deploy(struct cli *cli, const struct args *a, const char *app, const char *dir,
@@ -262,8 +224,7 @@ static int deploy(struct cli *cli, const struct args *a, const char *app, const 
 	}
 	fputc('\n', cli->out);
 	char rel[80], ro[80];
-	if (await_release(cli, build, rel, sizeof rel, &err) < 0 ||
-	    find_rollout(cli, app, rel, ro, sizeof ro, &err) < 0)
+	if (await_build(cli, build, rel, ro, sizeof rel, &err) < 0)
 		return cli_fail(cli, &err);
 	if (!args_has(a, "wait")) {
 		fprintf(cli->out, "Release %s is rolling out (rollout %s): `slipway apps info %s` "
@@ -287,11 +248,9 @@ int commands_deploy(struct cli *cli, int argc, char **argv)
 	const char *app = cli_app(cli, &deploy_cmd, args_get(&a, "app"), &rc);
 	if (!app)
 		return rc;
-	int64_t timeout = WATCH_DEFAULT_TIMEOUT_MS;
-	struct err err;
-	if (args_get(&a, "timeout") &&
-	    args_duration_ms("--timeout", args_get(&a, "timeout"), &timeout, &err) < 0)
-		return cli_usage_error(cli, &deploy_cmd, "%s", err.msg);
+	int64_t timeout;
+	if ((rc = watch_timeout(cli, &deploy_cmd, &a, &timeout)) != CLI_OK)
+		return rc;
 	const char *desc = args_get(&a, "description");
 	if (desc && (strlen(desc) > DESCRIPTION_MAX || !*desc))
 		return cli_usage_error(cli, &deploy_cmd, "--description: 1 to %d bytes",

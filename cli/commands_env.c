@@ -8,9 +8,7 @@
 
 /* ---- env (show) ---- */
 
-static const struct args_opt show_opts[] = {
-	{"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"},
-};
+static const struct args_opt show_opts[] = {CLI_OPT_JSON};
 
 static const struct cli_cmd show_cmd = {
 	.name = "env",
@@ -60,14 +58,8 @@ static int env_show(struct cli *cli, int argc, char **argv)
 	if (cli_path(path, sizeof path, "/v1/apps/%s/env", app) < 0)
 		return cli_failf(cli, "app name too long");
 	cJSON *doc;
-	struct err err;
-	if (client_json(&cli->client, "GET", path, NULL, &doc, &err) < 0)
-		return cli_fail(cli, &err);
-	if (args_has(&a, "json")) {
-		rc = cli_print_json(cli, doc);
-		cJSON_Delete(doc);
+	if ((rc = cli_get_shown(cli, &a, path, &doc)) >= 0)
 		return rc;
-	}
 	const cJSON *env = cJSON_GetObjectItemCaseSensitive(doc, "environment");
 	int n = cJSON_GetArraySize(env);
 	const cJSON **vars = calloc((size_t)n + 1, sizeof *vars);
@@ -95,8 +87,8 @@ static int env_show(struct cli *cli, int argc, char **argv)
 static const struct args_opt change_opts[] = {
 	{"promote", 'p', ARGS_FLAG, NULL, "deploy the new release at once"},
 	{"wait", 'w', ARGS_FLAG, NULL, "with --promote: follow the rollout to its end"},
-	{"timeout", 0, ARGS_VALUE, "DURATION", "give up waiting after this long (default 30m)"},
-	{"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"},
+	CLI_OPT_TIMEOUT,
+	CLI_OPT_JSON,
 };
 
 static const struct cli_cmd set_cmd = {
@@ -146,11 +138,10 @@ static int env_change(struct cli *cli, const struct cli_cmd *spec, int set, int 
 	const char *app = cli_app(cli, spec, a.pos[0], &rc);
 	if (!app)
 		return rc;
-	int64_t timeout = WATCH_DEFAULT_TIMEOUT_MS;
+	int64_t timeout;
 	struct err err;
-	if (args_get(&a, "timeout") &&
-	    args_duration_ms("--timeout", args_get(&a, "timeout"), &timeout, &err) < 0)
-		return cli_usage_error(cli, spec, "%s", err.msg);
+	if ((rc = watch_timeout(cli, spec, &a, &timeout)) != CLI_OK)
+		return rc;
 	if (args_has(&a, "wait") && !args_has(&a, "promote"))
 		return cli_usage_error(cli, spec, "--wait needs --promote (nothing rolls out "
 						  "without it)");
@@ -203,17 +194,11 @@ static int env_change(struct cli *cli, const struct cli_cmd *spec, int set, int 
 		buf_free(&names);
 		return cli_fail(cli, &err);
 	}
-	if (args_has(&a, "json") && !args_has(&a, "wait")) {
-		rc = cli_print_json(cli, doc);
-	} else {
-		char what[600];
-		snprintf(what, sizeof what, "%s %s on %s", set ? "Set" : "Unset",
-			 names.data ? names.data : "", app);
-		rc = watch_promoted(cli, app, doc, what, args_has(&a, "wait"), timeout);
-	}
+	char what[600];
+	snprintf(what, sizeof what, "%s %s on %s", set ? "Set" : "Unset",
+		 names.data ? names.data : "", app);
 	buf_free(&names);
-	cJSON_Delete(doc);
-	return rc;
+	return watch_answer(cli, &a, app, doc, what, timeout);
 }
 
 int commands_env(struct cli *cli, int argc, char **argv)
@@ -231,8 +216,8 @@ static const struct args_opt scale_opts[] = {
 	{"count", 'c', ARGS_VALUE, "N", "containers of the service on each instance (0-100)"},
 	{"memory", 'm', ARGS_VALUE, "MB", "memory limit per container: 512, 512M, 1G; 0: none"},
 	{"wait", 'w', ARGS_FLAG, NULL, "follow the rollout to its end"},
-	{"timeout", 0, ARGS_VALUE, "DURATION", "give up waiting after this long (default 30m)"},
-	{"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"},
+	CLI_OPT_TIMEOUT,
+	CLI_OPT_JSON,
 };
 
 static const struct cli_cmd scale_cmd = {
@@ -259,15 +244,15 @@ int commands_scale(struct cli *cli, int argc, char **argv)
 	struct err err;
 	if (cli_name_check("service", service, &err) < 0)
 		return cli_usage_error(cli, &scale_cmd, "%s", err.msg);
-	int64_t count, memory = -1, timeout = WATCH_DEFAULT_TIMEOUT_MS;
+	int64_t count, memory = -1, timeout;
 	if (!args_get(&a, "count"))
 		return cli_usage_error(cli, &scale_cmd, "--count is required");
 	if (args_int("--count", args_get(&a, "count"), 0, 100, &count, &err) < 0 ||
 	    (args_get(&a, "memory") &&
-	     args_memory_mb("--memory", args_get(&a, "memory"), &memory, &err) < 0) ||
-	    (args_get(&a, "timeout") &&
-	     args_duration_ms("--timeout", args_get(&a, "timeout"), &timeout, &err) < 0))
+	     args_memory_mb("--memory", args_get(&a, "memory"), &memory, &err) < 0))
 		return cli_usage_error(cli, &scale_cmd, "%s", err.msg);
+	if ((rc = watch_timeout(cli, &scale_cmd, &a, &timeout)) != CLI_OK)
+		return rc;
 	if (memory > 1048576 || (memory > 0 && memory < 6))
 		return cli_usage_error(cli, &scale_cmd, "--memory: 0 (no limit) or 6M..1024G");
 	if ((rc = cli_connect(cli)) != CLI_OK)
@@ -286,18 +271,11 @@ int commands_scale(struct cli *cli, int argc, char **argv)
 	cJSON_Delete(body);
 	if (rc < 0)
 		return cli_fail(cli, &err);
-	if (args_has(&a, "json") && !args_has(&a, "wait")) {
-		rc = cli_print_json(cli, doc);
-	} else {
-		char what[256], mem[64] = "";
-		if (memory > 0)
-			snprintf(mem, sizeof mem, " with %lld MB each", (long long)memory);
-		else if (memory == 0)
-			snprintf(mem, sizeof mem, " without a memory limit");
-		snprintf(what, sizeof what, "Scaled %s/%s to %lld%s", app, service,
-			 (long long)count, mem);
-		rc = watch_promoted(cli, app, doc, what, args_has(&a, "wait"), timeout);
-	}
-	cJSON_Delete(doc);
-	return rc;
+	char what[256], mem[64] = "";
+	if (memory > 0)
+		snprintf(mem, sizeof mem, " with %lld MB each", (long long)memory);
+	else if (memory == 0)
+		snprintf(mem, sizeof mem, " without a memory limit");
+	snprintf(what, sizeof what, "Scaled %s/%s to %lld%s", app, service, (long long)count, mem);
+	return watch_answer(cli, &a, app, doc, what, timeout);
 }

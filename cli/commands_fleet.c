@@ -6,7 +6,7 @@
 
 static const struct args_opt ps_opts[] = {
 	{"app", 'a', ARGS_VALUE, "APP", "only this app's containers"},
-	{"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"},
+	CLI_OPT_JSON,
 };
 
 static const struct cli_cmd ps_cmd = {
@@ -39,13 +39,8 @@ int commands_ps(struct cli *cli, int argc, char **argv)
 	if (app)
 		cli_path(path, sizeof path, "/v1/ps?app=%s", app);
 	cJSON *doc;
-	if (client_json(&cli->client, "GET", path, NULL, &doc, &err) < 0)
-		return cli_fail(cli, &err);
-	if (args_has(&a, "json")) {
-		rc = cli_print_json(cli, doc);
-		cJSON_Delete(doc);
+	if ((rc = cli_get_shown(cli, &a, path, &doc)) >= 0)
 		return rc;
-	}
 	static const char *const head[] = {"ID",	"APP",	  "SERVICE", "RELEASE",
 					   "INSTANCE", "STATUS", "STARTED", "COMMAND"};
 	struct table *t = table_new(8, head);
@@ -72,14 +67,10 @@ int commands_ps(struct cli *cli, int argc, char **argv)
 			table_add(t, row);
 	}
 	cJSON_Delete(doc);
-	rc = t && table_print(t, cli->out) == 0 ? CLI_OK : cli_failf(cli, "could not print");
-	table_free(t);
-	return rc;
+	return cli_print_table(cli, t);
 }
 
-static const struct args_opt agents_opts[] = {
-	{"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"},
-};
+static const struct args_opt agents_opts[] = {CLI_OPT_JSON};
 
 static const struct cli_cmd agents_cmd = {
 	.name = "agents",
@@ -101,14 +92,8 @@ int commands_agents(struct cli *cli, int argc, char **argv)
 	if ((rc = cli_connect(cli)) != CLI_OK)
 		return rc;
 	cJSON *doc;
-	struct err err;
-	if (client_json(&cli->client, "GET", "/v1/agents", NULL, &doc, &err) < 0)
-		return cli_fail(cli, &err);
-	if (args_has(&a, "json")) {
-		rc = cli_print_json(cli, doc);
-		cJSON_Delete(doc);
+	if ((rc = cli_get_shown(cli, &a, "/v1/agents", &doc)) >= 0)
 		return rc;
-	}
 	static const char *const head[] = {"ID",    "INSTANCE", "HOSTNAME", "FLEET",
 					   "STATE", "VERSION",  "SEEN",     "APPS"};
 	struct table *t = table_new(8, head);
@@ -139,7 +124,5 @@ int commands_agents(struct cli *cli, int argc, char **argv)
 		buf_free(&apps);
 	}
 	cJSON_Delete(doc);
-	rc = t && table_print(t, cli->out) == 0 ? CLI_OK : cli_failf(cli, "could not print");
-	table_free(t);
-	return rc;
+	return cli_print_table(cli, t);
 }

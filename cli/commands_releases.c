@@ -5,11 +5,7 @@
 #include "table.h"
 #include "watch.h"
 
-static const struct args_opt list_opts[] = {
-	{"app", 'a', ARGS_VALUE, "APP", "the app (default: $SLIPWAY_APP)"},
-	{"limit", 'n', ARGS_VALUE, "N", "how many, newest first (1-1000, default 50)"},
-	{"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"},
-};
+static const struct args_opt list_opts[] = {CLI_OPT_APP, CLI_OPT_LIMIT, CLI_OPT_JSON};
 
 static const struct cli_cmd list_cmd = {
 	.name = "releases",
@@ -29,30 +25,12 @@ static int releases_list(struct cli *cli, int argc, char **argv)
 	int rc;
 	if (!cli_parse(cli, &list_cmd, argc, argv, &a, &rc))
 		return rc;
-	if (a.npos && args_has(&a, "app"))
-		return cli_usage_error(cli, &list_cmd, "give the app once");
-	const char *app = cli_app(cli, &list_cmd, a.npos ? a.pos[0] : args_get(&a, "app"), &rc);
-	if (!app)
+	char path[160];
+	if (!cli_app_listing(cli, &list_cmd, &a, "releases", path, sizeof path, &rc))
 		return rc;
-	int64_t limit = 50;
-	struct err err;
-	if (args_get(&a, "limit") &&
-	    args_int("--limit", args_get(&a, "limit"), 1, 1000, &limit, &err) < 0)
-		return cli_usage_error(cli, &list_cmd, "%s", err.msg);
-	if ((rc = cli_connect(cli)) != CLI_OK)
-		return rc;
-	char path[160], lim[24];
-	snprintf(lim, sizeof lim, "%lld", (long long)limit);
-	if (cli_path(path, sizeof path, "/v1/apps/%s/releases?limit=%s", app, lim) < 0)
-		return cli_failf(cli, "app name too long");
 	cJSON *doc;
-	if (client_json(&cli->client, "GET", path, NULL, &doc, &err) < 0)
-		return cli_fail(cli, &err);
-	if (args_has(&a, "json")) {
-		rc = cli_print_json(cli, doc);
-		cJSON_Delete(doc);
+	if ((rc = cli_get_shown(cli, &a, path, &doc)) >= 0)
 		return rc;
-	}
 	static const char *const head[] = {"ID", "STATUS", "BUILD", "CREATED", "DESCRIPTION"};
 	struct table *t = table_new(5, head);
 	int64_t now = cli_now_ms();
@@ -67,18 +45,16 @@ static int releases_list(struct cli *cli, int argc, char **argv)
 			table_add(t, row);
 	}
 	cJSON_Delete(doc);
-	rc = t && table_print(t, cli->out) == 0 ? CLI_OK : cli_failf(cli, "could not print");
-	table_free(t);
-	return rc;
+	return cli_print_table(cli, t);
 }
 
 /* ---- promote and rollback ---- */
 
 static const struct args_opt change_opts[] = {
-	{"app", 'a', ARGS_VALUE, "APP", "the app (default: $SLIPWAY_APP)"},
+	CLI_OPT_APP,
 	{"wait", 'w', ARGS_FLAG, NULL, "follow the rollout; exit 0 only when it is live everywhere"},
-	{"timeout", 0, ARGS_VALUE, "DURATION", "give up waiting after this long (default 30m)"},
-	{"json", 0, ARGS_FLAG, NULL, "print the coordinator's JSON answer"},
+	CLI_OPT_TIMEOUT,
+	CLI_OPT_JSON,
 };
 
 static const struct cli_cmd promote_cmd = {
@@ -115,12 +91,9 @@ static int change(struct cli *cli, const struct cli_cmd *spec, int rollback, int
 	if (!app)
 		return rc;
 	const char *id = a.pos[0];
-	int64_t timeout = WATCH_DEFAULT_TIMEOUT_MS;
-	struct err err;
-	if (args_get(&a, "timeout") &&
-	    args_duration_ms("--timeout", args_get(&a, "timeout"), &timeout, &err) < 0)
-		return cli_usage_error(cli, spec, "%s", err.msg);
-	if ((rc = cli_connect(cli)) != CLI_OK)
+	int64_t timeout;
+	if ((rc = watch_timeout(cli, spec, &a, &timeout)) != CLI_OK ||
+	    (rc = cli_connect(cli)) != CLI_OK)
 		return rc;
 	char path[256];
 	if (cli_path(path, sizeof path, rollback ? "/v1/apps/%s/releases/%s/rollback"
@@ -128,22 +101,16 @@ static int change(struct cli *cli, const struct cli_cmd *spec, int rollback, int
 		     app, id) < 0)
 		return cli_usage_error(cli, spec, "release id too long");
 	cJSON *doc;
+	struct err err;
 	if (client_json(&cli->client, "POST", path, NULL, &doc, &err) < 0)
 		return cli_fail(cli, &err);
-	if (args_has(&a, "json") && !args_has(&a, "wait")) {
-		rc = cli_print_json(cli, doc);
-		cJSON_Delete(doc);
-		return rc;
-	}
 	char what[200], shown[80];
 	table_clean(id, shown, sizeof shown);
 	if (rollback)
 		snprintf(what, sizeof what, "Rolled %s back to %s", app, shown);
 	else
 		snprintf(what, sizeof what, "Promoted %s on %s", shown, app);
-	rc = watch_promoted(cli, app, doc, what, args_has(&a, "wait"), timeout);
-	cJSON_Delete(doc);
-	return rc;
+	return watch_answer(cli, &a, app, doc, what, timeout);
 }
 
 int commands_releases(struct cli *cli, int argc, char **argv)

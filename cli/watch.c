@@ -11,6 +11,7 @@
 struct logout {
 	FILE *out;
 	int failed;
+	int mid_line;     /* the last byte written was not a newline */
 };
 
 static int log_chunk(const char *data, size_t len, void *arg)
@@ -22,6 +23,9 @@ static int log_chunk(const char *data, size_t len, void *arg)
 		unsigned char ch = (unsigned char)data[i];
 		if (ch == '\r')
 			continue; /* progress redraws: the newline follows */
+		if (ch == '\n' && !lo->mid_line)
+			continue; /* an empty line is the coordinator's keepalive, not log */
+		lo->mid_line = ch != '\n';
 		clean[o++] = (ch < 0x20 && ch != '\n' && ch != '\t') || ch == 0x7F ? '?' : (char)ch;
 		if (o == sizeof clean) {
 			if (fwrite(clean, 1, o, lo->out) != o)
@@ -233,4 +237,27 @@ int watch_promoted(struct cli *cli, const char *app, const cJSON *answer, const 
 	if (watch_rollout(cli, app, ro, timeout_ms, &err) < 0)
 		return cli_fail(cli, &err);
 	return CLI_OK;
+}
+
+int watch_timeout(struct cli *cli, const struct cli_cmd *spec, const struct args *a,
+		  int64_t *ms)
+{
+	struct err err;
+	*ms = WATCH_DEFAULT_TIMEOUT_MS;
+	if (args_get(a, "timeout") &&
+	    args_duration_ms("--timeout", args_get(a, "timeout"), ms, &err) < 0)
+		return cli_usage_error(cli, spec, "%s", err.msg);
+	return CLI_OK;
+}
+
+int watch_answer(struct cli *cli, const struct args *a, const char *app, cJSON *doc,
+		 const char *what, int64_t timeout_ms)
+{
+	int rc;
+	if (args_has(a, "json") && !args_has(a, "wait"))
+		rc = cli_print_json(cli, doc);
+	else
+		rc = watch_promoted(cli, app, doc, what, args_has(a, "wait"), timeout_ms);
+	cJSON_Delete(doc);
+	return rc;
 }

@@ -4,7 +4,9 @@
  *
  * A build log is streamed (GET /v1/builds/{id}/log answers until the build
  * ends) and written as it arrives, with terminal control characters other
- * than newline and tab replaced. A rollout is polled (GET
+ * than newline and tab replaced and empty lines (the coordinator's keepalive
+ * on a quiet stream; every log line carries a time) left out. A rollout is
+ * polled (GET
  * /v1/apps/{app}/rollouts/{id}, every WATCH_POLL_MS): each job's change is
  * printed once ("i-0abc (ag_1): live after 4.2s"), and the end decides the
  * result: only `succeeded` is success, which the coordinator declares when
@@ -37,6 +39,17 @@ int watch_build_log(struct cli *cli, const char *build, FILE *out, struct err *e
  * 0 when it succeeded, -1 with err otherwise. */
 int watch_rollout(struct cli *cli, const char *app, const char *rollout, int64_t timeout_ms,
 		  struct err *err);
+
+/* --timeout (default WATCH_DEFAULT_TIMEOUT_MS) into *ms; CLI_OK or the exit
+ * code after a usage error. */
+int watch_timeout(struct cli *cli, const struct cli_cmd *spec, const struct args *a,
+		  int64_t *ms);
+
+/* The end of promote, rollback, env and scale: with --json (and no --wait)
+ * prints the answer, else watch_promoted (--wait follows). Deletes doc;
+ * returns the exit code. */
+int watch_answer(struct cli *cli, const struct args *a, const char *app, cJSON *doc,
+		 const char *what, int64_t timeout_ms);
 
 /* After an answer of the PROMOTED shape ({"release", "rollout", "generation"}):
  * prints what happened and, with wait, follows the rollout. Returns the exit

@@ -123,6 +123,10 @@ size_t cwlogs_pending(const struct cwlogs *cw);
 
 /* ---- building blocks, exposed for tests ---- */
 
+/* Lowercase hex SHA-256 of the payload; with allow_fast, through the CPU's SHA
+ * extensions when it has them (the same digest, faster than mbedTLS). */
+void cwlogs_sha256_hex(const void *data, size_t len, char out[65], int allow_fast);
+
 /* Appends s as a JSON string (quotes included). Bytes >= 0x80 are copied as
  * they are (the caller guarantees UTF-8); control characters are escaped. */
 int cwlogs_json_string(struct buf *out, const char *s, size_t len);

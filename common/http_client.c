@@ -25,6 +25,9 @@
 #include <errno.h>
 #include <ev.h>
 #include <fcntl.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/version.h>
+#include <mbedtls/x509_crt.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,10 +126,58 @@ static const char *const ca_bundles[] = {
 	"/etc/ssl/cert.pem",                                 /* Alpine, the BSDs */
 };
 
+/* A libcurl on our own mbedTLS (the static agent) would parse the CA file
+ * again for every connection: some 300 KB for a system bundle, times every
+ * connection open (the log shipper keeps one per stream in flight). There each
+ * file is parsed once, on first use, and handed to every connection through
+ * CURLOPT_SSL_CTX_FUNCTION. Parsed chains stay until exit (connections may
+ * hold them to the end), so a changed file is read again at the next start. */
+struct ca_chain {
+	struct ca_chain *next;
+	mbedtls_x509_crt crt;
+	char path[];
+};
+static int share_ca_chains;
+static pthread_mutex_t ca_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ca_chain *ca_chains;
+
+/* The parsed chain of `path`, or NULL when it cannot be read (curl then reads
+ * it itself and reports the error). */
+static mbedtls_x509_crt *ca_chain_get(const char *path)
+{
+	pthread_mutex_lock(&ca_lock);
+	struct ca_chain *c = ca_chains;
+	while (c && strcmp(c->path, path) != 0)
+		c = c->next;
+	if (!c && (c = calloc(1, sizeof *c + strlen(path) + 1))) {
+		memcpy(c->path, path, strlen(path) + 1);
+		mbedtls_x509_crt_init(&c->crt);
+		if (mbedtls_x509_crt_parse_file(&c->crt, path) < 0) { /* > 0: some skipped, as curl */
+			mbedtls_x509_crt_free(&c->crt);
+			free(c);
+			c = NULL;
+		} else {
+			c->next = ca_chains;
+			ca_chains = c;
+		}
+	}
+	pthread_mutex_unlock(&ca_lock);
+	return c ? &c->crt : NULL;
+}
+
+static CURLcode use_ca_chain(CURL *easy, void *ssl_config, void *chain)
+{
+	(void)easy;
+	mbedtls_ssl_conf_ca_chain(ssl_config, chain, NULL);
+	return CURLE_OK;
+}
+
 static void global_init(void)
 {
 	global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 	const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+	share_ca_chains = v->ssl_version &&
+			  strcmp(v->ssl_version, "mbedTLS/" MBEDTLS_VERSION_STRING) == 0;
 	if (v->age >= CURLVERSION_NINTH && (v->cainfo || v->capath))
 		return;
 	for (size_t i = 0; i < sizeof ca_bundles / sizeof ca_bundles[0]; i++) {
@@ -983,8 +1034,15 @@ uint64_t http_client_start(struct http_client *c, const struct http_request *req
 	SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
 	SETOPT(CURLOPT_SSL_VERIFYPEER, 1L);
 	SETOPT(CURLOPT_SSL_VERIFYHOST, 2L);
-	if (req->ca_file || default_ca_file)
-		SETOPT(CURLOPT_CAINFO, req->ca_file ? req->ca_file : default_ca_file);
+	const char *ca_file = req->ca_file ? req->ca_file : default_ca_file;
+	mbedtls_x509_crt *chain = ca_file && share_ca_chains &&
+				  strncasecmp(req->url, "https:", 6) == 0 ? ca_chain_get(ca_file) : NULL;
+	if (chain) {
+		SETOPT(CURLOPT_SSL_CTX_FUNCTION, use_ca_chain);
+		SETOPT(CURLOPT_SSL_CTX_DATA, (void *)chain);
+	} else if (ca_file) {
+		SETOPT(CURLOPT_CAINFO, ca_file);
+	}
 	if (req->unix_socket)
 		SETOPT(CURLOPT_UNIX_SOCKET_PATH, req->unix_socket);
 	SETOPT(CURLOPT_TIMEOUT_MS, (long)(req->timeout_ms > 0 ? req->timeout_ms : 0));

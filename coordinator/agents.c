@@ -418,11 +418,9 @@ struct reg {
 static int register_tx(struct store_tx *tx, void *arg)
 {
 	struct reg *g = arg;
-	sqlite3_stmt *st = store_stmt(tx, "SELECT id FROM agents WHERE instance_id = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, g->instance_id, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT id FROM agents WHERE instance_id = ?",
+				 g->instance_id, &st);
 	if (rc < 0)
 		return -1;
 	int known = rc == SQLITE_ROW;

@@ -8,12 +8,14 @@
 #include <unistd.h>
 
 #include "agents.h"
+#include "apiop.h"
 #include "auth.h"
 #include "builder.h"
 #include "clock.h"
 #include "config.h"
 #include "coord.h"
 #include "json.h"
+#include "link.h"
 #include "log.h"
 #include "logsink.h"
 #include "queue.h"
@@ -22,50 +24,10 @@
 #include "server.h"
 #include "store.h"
 
-#define LIST_DEFAULT 50
-#define LIST_MAX 1000
 #define BUILD_LOG_EVERY_S 0.5
 #define BUILD_LOG_CHUNKS 64
 
-/* ---- one API call = one store operation ---- */
-
-struct apiop;
-typedef int (*apiop_fn)(struct store_tx *tx, struct apiop *op);
-typedef void (*apiop_after_fn)(struct apiop *op);
-
-struct apiop {
-	struct coord *c;
-	struct server_req *r;    /* NULL once the client went away */
-	apiop_fn fn;
-	apiop_after_fn after;    /* on the loop thread after a commit */
-	cJSON *in;               /* the request body (owned) */
-	cJSON *out;              /* the answer, built on the store thread (owned) */
-	int status;              /* answer status; >= 400 with code/message is a refusal */
-	char code[32];
-	char message[512];
-	char app[48];
-	char id[72];
-	char who[80];
-	struct auth_principal principal;
-	int64_t n1, n2;
-	int flag;
-	uint8_t hash[CRYPTO_SHA256_LEN];
-	struct queue_wake wake;
-	struct releases_result res;
-};
-
-static int refuse(struct apiop *op, int status, const char *code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static int refuse(struct apiop *op, int status, const char *code, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(op->message, sizeof op->message, fmt, ap);
-	va_end(ap);
-	snprintf(op->code, sizeof op->code, "%s", code);
-	op->status = status;
-	return 0;
-}
+/* ---- refusals from releases.c ---- */
 
 static const char *code_of(int status)
 {
@@ -87,171 +49,23 @@ static const char *code_of(int status)
 static int from_res(struct apiop *op)
 {
 	if (op->res.status)
-		return refuse(op, op->res.status, code_of(op->res.status), "%s", op->res.message);
+		return apiop_refuse(op, op->res.status, code_of(op->res.status), "%s",
+				    op->res.message);
 	return 0;
 }
 
-static int op_tx(struct store_tx *tx, void *arg)
-{
-	struct apiop *op = arg;
-	int rc = op->fn(tx, op);
-	if (rc < 0) {
-		op->status = 500;
-		snprintf(op->message, sizeof op->message, "%s", tx->err.msg);
-		return -1;
-	}
-	return op->status >= 400 ? -1 : 0;
-}
+/* ---- rows as JSON ---- */
 
-static void op_free(struct apiop *op)
-{
-	cJSON_Delete(op->in);
-	cJSON_Delete(op->out);
-	queue_wake_free(&op->wake);
-	free(op);
-}
+static const struct apiop_field rollout_fields[] = {
+	{"id", APIOP_TEXT}, {"release", APIOP_TEXT}, {"previous_release", APIOP_TEXT_OR_NULL},
+	{"generation", APIOP_INT}, {"strategy", APIOP_TEXT}, {"trigger", APIOP_TEXT},
+	{"state", APIOP_TEXT}, {"reason", APIOP_TEXT_OR_NULL}, {"started_ms", APIOP_INT},
+	{"ended_ms", APIOP_INT_OR_NULL},
+};
 
-static void op_done(int rc, void *arg)
-{
-	struct apiop *op = arg;
-	if (rc == 0) {
-		if (op->c->queue)
-			queue_wake(op->c->queue, &op->wake);
-		if (op->after)
-			op->after(op);
-	}
-	if (op->r) {
-		server_on_abort(op->r, NULL, NULL);
-		if (op->status >= 400 && op->status != 500)
-			server_respond_error(op->r, op->status, op->code, "%s", op->message);
-		else if (rc < 0)
-			server_respond_internal(op->r, "store operation",
-						op->message[0] ? op->message : "commit failed");
-		else if (op->out)
-			server_respond_json(op->r, op->status ? op->status : 200, op->out);
-		else
-			server_respond(op->r, op->status ? op->status : 200, "application/json", "{}",
-				       2);
-	}
-	op_free(op);
-}
-
-static void op_abort(struct server_req *r, void *arg)
-{
-	(void)r;
-	((struct apiop *)arg)->r = NULL;
-}
-
-static struct apiop *op_new(struct server_req *r, apiop_fn fn)
-{
-	struct apiop *op = calloc(1, sizeof *op);
-	if (!op) {
-		server_respond_error(r, 503, "unavailable", "out of memory");
-		return NULL;
-	}
-	op->c = r->coord;
-	op->r = r;
-	op->fn = fn;
-	op->res.wake = &op->wake;
-	op->principal = r->who;
-	const char *app = server_param(r, "app");
-	if (app)
-		snprintf(op->app, sizeof op->app, "%s", app);
-	if (r->who.key_name[0])
-		snprintf(op->who, sizeof op->who, "%s", r->who.key_name);
-	return op;
-}
-
-static void op_submit(struct apiop *op)
-{
-	if (store_submit(op->c->store, op_tx, op_done, op) < 0) {
-		server_respond_error(op->r, 503, "unavailable", "the store is busy; retry");
-		op_free(op);
-		return;
-	}
-	server_on_abort(op->r, op_abort, op);
-}
-
-/* Creates and submits an op with the request body parsed (when with_body). */
-static struct apiop *op_start(struct server_req *r, apiop_fn fn, int with_body, int submit)
-{
-	cJSON *in = NULL;
-	if (with_body) {
-		in = server_json_body(r);
-		if (!in)
-			return NULL;
-	}
-	struct apiop *op = op_new(r, fn);
-	if (!op) {
-		cJSON_Delete(in);
-		return NULL;
-	}
-	op->in = in;
-	if (submit)
-		op_submit(op);
-	return op;
-}
-
-static int query_limit(struct server_req *r, int64_t *out)
-{
-	char v[16];
-	int rc = server_query(r, "limit", v, sizeof v);
-	*out = LIST_DEFAULT;
-	if (rc == 0)
-		return 0;
-	char *end;
-	long n = rc > 0 ? strtol(v, &end, 10) : 0;
-	if (rc < 0 || *end || n < 1 || n > LIST_MAX) {
-		server_respond_error(r, 400, "bad_request", "limit: 1..%d", LIST_MAX);
-		return -1;
-	}
-	*out = n;
-	return 0;
-}
-
-/* ---- row helpers ---- */
-
-static void add_text_or_null(cJSON *o, const char *key, sqlite3_stmt *st, int col)
-{
-	if (sqlite3_column_type(st, col) == SQLITE_NULL)
-		cJSON_AddNullToObject(o, key);
-	else
-		cJSON_AddStringToObject(o, key, store_col_text(st, col));
-}
-
-static void add_int_or_null(cJSON *o, const char *key, sqlite3_stmt *st, int col)
-{
-	if (sqlite3_column_type(st, col) == SQLITE_NULL)
-		cJSON_AddNullToObject(o, key);
-	else
-		cJSON_AddNumberToObject(o, key, (double)sqlite3_column_int64(st, col));
-}
-
-/* A JSON text column as a tree (null when empty or unparsable). */
-static void add_json(cJSON *o, const char *key, sqlite3_stmt *st, int col)
-{
-	const char *t = (const char *)sqlite3_column_text(st, col);
-	cJSON *v = t && *t ? json_parse(t, strlen(t), (size_t)16 << 20, NULL) : NULL;
-	if (v)
-		cJSON_AddItemToObject(o, key, v);
-	else
-		cJSON_AddNullToObject(o, key);
-}
-
-static int app_exists(struct store_tx *tx, struct apiop *op)
-{
-	sqlite3_stmt *st = store_stmt(tx, "SELECT 1 FROM apps WHERE name = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->app, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
-	sqlite3_reset(st);
-	if (rc < 0)
-		return -1;
-	if (rc != SQLITE_ROW)
-		return refuse(op, 404, "not_found", "unknown app %s", op->app), 0;
-	return 1;
-}
+#define ROLLOUT_COLS \
+	"id, release, previous_release, generation, strategy, trigger, state, reason, " \
+	"started_ms, ended_ms "
 
 /* ---- apps ---- */
 
@@ -261,21 +75,18 @@ static int app_exists(struct store_tx *tx, struct apiop *op)
 	"(SELECT state FROM rollouts WHERE app = a.name ORDER BY started_ms DESC, rowid DESC "   \
 	"LIMIT 1) "
 
+static const struct apiop_field app_fields[] = {
+	{"name", APIOP_TEXT}, {"fleet", APIOP_TEXT}, {"strategy", APIOP_TEXT},
+	{"deploy", APIOP_TEXT}, {"branch", APIOP_TEXT_OR_NULL},
+	{"repo_url", APIOP_TEXT_OR_NULL}, {"project", APIOP_TEXT_OR_NULL},
+	{"generation", APIOP_INT}, {"release", APIOP_TEXT_OR_NULL}, {"created_ms", APIOP_INT},
+	{"linked", APIOP_BOOL}, {"scale", APIOP_JSON},
+};
+
 static cJSON *app_json(sqlite3_stmt *st)
 {
 	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "name", store_col_text(st, 0));
-	cJSON_AddStringToObject(o, "fleet", store_col_text(st, 1));
-	cJSON_AddStringToObject(o, "strategy", store_col_text(st, 2));
-	cJSON_AddStringToObject(o, "deploy", store_col_text(st, 3));
-	add_text_or_null(o, "branch", st, 4);
-	add_text_or_null(o, "repo_url", st, 5);
-	add_text_or_null(o, "project", st, 6);
-	cJSON_AddNumberToObject(o, "generation", (double)sqlite3_column_int64(st, 7));
-	add_text_or_null(o, "release", st, 8);
-	cJSON_AddNumberToObject(o, "created_ms", (double)sqlite3_column_int64(st, 9));
-	cJSON_AddBoolToObject(o, "linked", sqlite3_column_int(st, 10));
-	add_json(o, "scale", st, 11);
+	apiop_add_fields(o, st, 0, APIOP_FIELDS(app_fields));
 	const char *last = store_col_text(st, 12);
 	const char *status = !*last				? "created"
 			     : strcmp(last, "running") == 0	? "deploying"
@@ -301,21 +112,13 @@ static int apps_list_tx(struct store_tx *tx, struct apiop *op)
 	return rc == SQLITE_DONE ? 0 : -1;
 }
 
-static void apps_list(struct server_req *r, void *arg)
-{
-	(void)arg;
-	op_start(r, apps_list_tx, 0, 1);
-}
-
 static int app_info_tx(struct store_tx *tx, struct apiop *op)
 {
-	sqlite3_stmt *st = store_stmt(tx, "SELECT " APP_COLS "FROM apps a WHERE a.name = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->app, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT " APP_COLS "FROM apps a WHERE a.name = ?",
+				 op->app, &st);
 	if (rc != SQLITE_ROW)
-		return rc < 0 ? -1 : refuse(op, 404, "not_found", "unknown app %s", op->app);
+		return rc < 0 ? -1 : apiop_refuse(op, 404, "not_found", "unknown app %s", op->app);
 	op->out = app_json(st);
 	sqlite3_reset(st);
 	/* Where the fleet stands: agents per state of this app. */
@@ -330,8 +133,7 @@ static int app_info_tx(struct store_tx *tx, struct apiop *op)
 					(double)sqlite3_column_int64(st, 1));
 	if (rc != SQLITE_DONE)
 		return -1;
-	st = store_stmt(tx, "SELECT id, release, generation, strategy, trigger, state, reason, "
-			    "started_ms, ended_ms FROM rollouts WHERE app = ? ORDER BY started_ms "
+	st = store_stmt(tx, "SELECT " ROLLOUT_COLS "FROM rollouts WHERE app = ? ORDER BY started_ms "
 			    "DESC, rowid DESC LIMIT 1");
 	if (!st)
 		return -1;
@@ -339,28 +141,13 @@ static int app_info_tx(struct store_tx *tx, struct apiop *op)
 	rc = store_step(tx, st);
 	if (rc < 0)
 		return -1;
-	if (rc == SQLITE_ROW) {
-		cJSON *ro = cJSON_AddObjectToObject(op->out, "rollout");
-		cJSON_AddStringToObject(ro, "id", store_col_text(st, 0));
-		cJSON_AddStringToObject(ro, "release", store_col_text(st, 1));
-		cJSON_AddNumberToObject(ro, "generation", (double)sqlite3_column_int64(st, 2));
-		cJSON_AddStringToObject(ro, "strategy", store_col_text(st, 3));
-		cJSON_AddStringToObject(ro, "trigger", store_col_text(st, 4));
-		cJSON_AddStringToObject(ro, "state", store_col_text(st, 5));
-		add_text_or_null(ro, "reason", st, 6);
-		cJSON_AddNumberToObject(ro, "started_ms", (double)sqlite3_column_int64(st, 7));
-		add_int_or_null(ro, "ended_ms", st, 8);
-	} else {
+	if (rc == SQLITE_ROW)
+		apiop_add_fields(cJSON_AddObjectToObject(op->out, "rollout"), st, 0,
+				 APIOP_FIELDS(rollout_fields));
+	else
 		cJSON_AddNullToObject(op->out, "rollout");
-	}
 	sqlite3_reset(st);
 	return 0;
-}
-
-static void app_info(struct server_req *r, void *arg)
-{
-	(void)arg;
-	op_start(r, app_info_tx, 0, 1);
 }
 
 static const char *const strategies[] = {"all", "one-at-a-time", "canary", NULL};
@@ -422,23 +209,17 @@ static int app_create_tx(struct store_tx *tx, struct apiop *op)
 {
 	const cJSON *name = cJSON_GetObjectItemCaseSensitive(op->in, "name");
 	snprintf(op->app, sizeof op->app, "%s", name->valuestring);
-	sqlite3_stmt *st = store_stmt(tx, "SELECT 1 FROM apps WHERE name = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->app, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
-	sqlite3_reset(st);
-	if (rc < 0)
-		return -1;
-	if (rc == SQLITE_ROW)
-		return refuse(op, 409, "conflict", "app %s exists", op->app);
+	int ex = store_app_exists(tx, op->app);
+	if (ex != 0)
+		return ex < 0 ? -1 : apiop_refuse(op, 409, "conflict", "app %s exists", op->app);
 	/* A name used before continues its generations: agents may still hold the
 	 * old app's numbers, and generations only grow. */
-	st = store_stmt(tx, "INSERT INTO apps(name, created_ms, fleet, strategy, deploy, branch, "
-			    "repo_url, project, generation) VALUES (?1, ?2, coalesce(?3, 'default'), "
-			    "coalesce(?4, 'all'), coalesce(?5, 'branch'), ?6, ?7, ?8, coalesce(("
-			    "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation:' || ?1), "
-			    "0))");
+	sqlite3_stmt *st = store_stmt(
+		tx, "INSERT INTO apps(name, created_ms, fleet, strategy, deploy, branch, "
+		    "repo_url, project, generation) VALUES (?1, ?2, coalesce(?3, 'default'), "
+		    "coalesce(?4, 'all'), coalesce(?5, 'branch'), ?6, ?7, ?8, coalesce(("
+		    "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation:' || ?1), "
+		    "0))");
 	if (!st)
 		return -1;
 	sqlite3_bind_text(st, 1, op->app, -1, SQLITE_STATIC);
@@ -457,31 +238,14 @@ static int app_create_tx(struct store_tx *tx, struct apiop *op)
 	return app_info_tx(tx, op);
 }
 
-static void app_create(struct server_req *r, void *arg)
+static const char *app_create_check(struct apiop *op, struct err *err)
 {
-	(void)arg;
-	cJSON *in = server_json_body(r);
-	if (!in)
-		return;
-	struct err err;
-	const char *bad = app_fields_problem(in, 1, &err);
-	if (bad) {
-		server_respond_error(r, 400, "bad_request", "%s", bad);
-		cJSON_Delete(in);
-		return;
-	}
-	struct apiop *op = op_new(r, app_create_tx);
-	if (!op) {
-		cJSON_Delete(in);
-		return;
-	}
-	op->in = in;
-	op_submit(op);
+	return app_fields_problem(op->in, 1, err);
 }
 
 static int app_update_tx(struct store_tx *tx, struct apiop *op)
 {
-	int ex = app_exists(tx, op);
+	int ex = apiop_app_exists(tx, op);
 	if (ex <= 0)
 		return ex;
 	sqlite3_stmt *st = store_stmt(tx, "UPDATE apps SET fleet = coalesce(?2, fleet), strategy = "
@@ -509,39 +273,33 @@ static int app_update_tx(struct store_tx *tx, struct apiop *op)
 	return rc < 0 ? -1 : app_info_tx(tx, op);
 }
 
-static void app_update(struct server_req *r, void *arg)
+static const char *app_update_check(struct apiop *op, struct err *err)
 {
-	(void)arg;
-	cJSON *in = server_json_body(r);
-	if (!in)
-		return;
-	struct err err;
-	const char *bad = app_fields_problem(in, 0, &err);
-	if (bad) {
-		server_respond_error(r, 400, "bad_request", "%s", bad);
-		cJSON_Delete(in);
-		return;
-	}
-	struct apiop *op = op_new(r, app_update_tx);
-	if (!op) {
-		cJSON_Delete(in);
-		return;
-	}
-	op->in = in;
-	op_submit(op);
+	return app_fields_problem(op->in, 0, err);
 }
 
 static int app_delete_tx(struct store_tx *tx, struct apiop *op)
 {
-	sqlite3_stmt *st = store_stmt(tx, "SELECT generation FROM apps WHERE name = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->app, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT generation FROM apps WHERE name = ?", op->app, &st);
 	if (rc != SQLITE_ROW)
-		return rc < 0 ? -1 : refuse(op, 404, "not_found", "unknown app %s", op->app);
+		return rc < 0 ? -1 : apiop_refuse(op, 404, "not_found", "unknown app %s", op->app);
 	int64_t gen = sqlite3_column_int64(st, 0) + 1;
 	sqlite3_reset(st);
+	/* A linked app's webhook and deploy key live at GitLab: deleting the app
+	 * would leave them there (a read key to the repository nobody tracks).
+	 * Unlinking removes them, and can fail or need --force: the caller does
+	 * it knowingly, first. */
+	char project[256];
+	int linked = link_linked_tx(tx, op->app, project, sizeof project);
+	if (linked < 0)
+		return -1;
+	if (linked)
+		return apiop_refuse(op, 409, "conflict",
+				    "app %s is linked to GitLab project %s: unlink it first "
+				    "(`slipway apps unlink %s` removes its webhook and deploy key "
+				    "there), then delete it",
+				    op->app, project[0] ? project : "?", op->app);
 	/* Every agent that was told to run it removes it. */
 	struct queue_wake agents = {0};
 	st = store_stmt(tx, "SELECT agent FROM agent_apps WHERE app = ?");
@@ -599,107 +357,54 @@ static int app_delete_tx(struct store_tx *tx, struct apiop *op)
 	return 0;
 }
 
-static void app_delete(struct server_req *r, void *arg)
-{
-	(void)arg;
-	op_start(r, app_delete_tx, 0, 1);
-}
-
 /* ---- builds ---- */
+
+/* The rollout that promoted a release: the first one naming it (started in the
+ * transaction that made it, for a build's release). Stable once set. */
+#define FIRST_ROLLOUT(app, release)                                                    \
+	"(SELECT ro.id FROM rollouts ro WHERE ro.app = " app " AND ro.release = " release \
+	" ORDER BY ro.started_ms, ro.rowid LIMIT 1)"
 
 #define BUILD_COLS                                                                        \
 	"id, app, status, source, ref, sha, author, description, release, error, created_ms, " \
-	"started_ms, ended_ms "
+	"started_ms, ended_ms, " FIRST_ROLLOUT("builds.app", "builds.release") " "
 
-static cJSON *build_json(sqlite3_stmt *st)
-{
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "id", store_col_text(st, 0));
-	cJSON_AddStringToObject(o, "app", store_col_text(st, 1));
-	cJSON_AddStringToObject(o, "status", store_col_text(st, 2));
-	cJSON_AddStringToObject(o, "source", store_col_text(st, 3));
-	add_text_or_null(o, "ref", st, 4);
-	add_text_or_null(o, "sha", st, 5);
-	add_text_or_null(o, "author", st, 6);
-	cJSON_AddStringToObject(o, "description", store_col_text(st, 7));
-	add_text_or_null(o, "release", st, 8);
-	add_text_or_null(o, "error", st, 9);
-	cJSON_AddNumberToObject(o, "created_ms", (double)sqlite3_column_int64(st, 10));
-	add_int_or_null(o, "started_ms", st, 11);
-	add_int_or_null(o, "ended_ms", st, 12);
-	return o;
-}
-
-static int builds_list_tx(struct store_tx *tx, struct apiop *op)
-{
-	int ex = app_exists(tx, op);
-	if (ex <= 0)
-		return ex;
-	sqlite3_stmt *st = store_stmt(tx, "SELECT " BUILD_COLS "FROM builds WHERE app = ? "
-					  "ORDER BY created_ms DESC, rowid DESC LIMIT ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->app, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, op->n1);
-	op->out = cJSON_CreateObject();
-	cJSON *arr = cJSON_AddArrayToObject(op->out, "builds");
-	int rc;
-	while ((rc = store_step(tx, st)) == SQLITE_ROW)
-		cJSON_AddItemToArray(arr, build_json(st));
-	return rc == SQLITE_DONE ? 0 : -1;
-}
-
-static void builds_list(struct server_req *r, void *arg)
-{
-	(void)arg;
-	int64_t limit;
-	if (query_limit(r, &limit) < 0)
-		return;
-	struct apiop *op = op_start(r, builds_list_tx, 0, 0);
-	if (!op)
-		return;
-	op->n1 = limit;
-	op_submit(op);
-}
+static const struct apiop_field build_fields[] = {
+	{"id", APIOP_TEXT}, {"app", APIOP_TEXT}, {"status", APIOP_TEXT}, {"source", APIOP_TEXT},
+	{"ref", APIOP_TEXT_OR_NULL}, {"sha", APIOP_TEXT_OR_NULL},
+	{"author", APIOP_TEXT_OR_NULL}, {"description", APIOP_TEXT},
+	{"release", APIOP_TEXT_OR_NULL}, {"error", APIOP_TEXT_OR_NULL},
+	{"created_ms", APIOP_INT}, {"started_ms", APIOP_INT_OR_NULL},
+	{"ended_ms", APIOP_INT_OR_NULL}, {"rollout", APIOP_TEXT_OR_NULL},
+};
+static const struct apiop_field build_extra_fields[] = {{"manifest", APIOP_JSON},
+							{"images", APIOP_JSON}};
 
 /* Scoped keys may only see builds of their app: checked against the row. */
 static int scope_ok(struct apiop *op, const char *app)
 {
 	if (!op->principal.app[0] || strcmp(op->principal.app, app) == 0)
 		return 1;
-	refuse(op, 404, "not_found", "no such build");
+	apiop_refuse(op, 404, "not_found", "no such build");
 	return 0;
 }
 
 static int build_info_tx(struct store_tx *tx, struct apiop *op)
 {
-	sqlite3_stmt *st = store_stmt(tx, "SELECT " BUILD_COLS ", manifest, images FROM builds "
-					  "WHERE id = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT " BUILD_COLS ", manifest, images FROM builds "
+				     "WHERE id = ?", op->id, &st);
 	if (rc != SQLITE_ROW)
-		return rc < 0 ? -1 : refuse(op, 404, "not_found", "no build %s", op->id);
+		return rc < 0 ? -1 : apiop_refuse(op, 404, "not_found", "no build %s", op->id);
 	if (!scope_ok(op, store_col_text(st, 1))) {
 		sqlite3_reset(st);
 		return 0;
 	}
-	op->out = build_json(st);
-	add_json(op->out, "manifest", st, 13);
-	add_json(op->out, "images", st, 14);
+	op->out = cJSON_CreateObject();
+	apiop_add_fields(op->out, st, 0, APIOP_FIELDS(build_fields));
+	apiop_add_fields(op->out, st, 14, APIOP_FIELDS(build_extra_fields));
 	sqlite3_reset(st);
 	return 0;
-}
-
-static void build_info(struct server_req *r, void *arg)
-{
-	(void)arg;
-	struct apiop *op = op_start(r, build_info_tx, 0, 0);
-	if (!op)
-		return;
-	snprintf(op->id, sizeof op->id, "%s", server_param(r, "build"));
-	op_submit(op);
 }
 
 /* The build log: text, streamed while the build runs. */
@@ -736,11 +441,8 @@ static void logread_free(struct logread *l)
 static int logread_tx(struct store_tx *tx, void *arg)
 {
 	struct logread *l = arg;
-	sqlite3_stmt *st = store_stmt(tx, "SELECT app, status FROM builds WHERE id = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, l->build, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT app, status FROM builds WHERE id = ?", l->build, &st);
 	if (rc < 0)
 		return -1;
 	if (rc != SQLITE_ROW || (l->scope[0] && strcmp(l->scope, store_col_text(st, 0)) != 0)) {
@@ -800,7 +502,9 @@ static void logread_done(int rc, void *arg)
 		server_stream_start(l->r, 200, "text/plain; charset=utf-8");
 		l->started = 1;
 	}
-	if (l->out.len && server_stream_write(l->r, l->out.data, l->out.len) < 0) {
+	/* Nothing new for a while: an empty line keeps proxies from timing out. */
+	if ((l->out.len ? server_stream_write(l->r, l->out.data, l->out.len)
+			: server_stream_keepalive(l->r)) < 0) {
 		/* A client that does not read: give up on it rather than buffer. */
 		server_abort(l->r);
 		logread_free(l);
@@ -879,7 +583,7 @@ static void build_log(struct server_req *r, void *arg)
  * and the builder takes the created build from the store. */
 static int upload_tx(struct store_tx *tx, struct apiop *op)
 {
-	int ex = app_exists(tx, op);
+	int ex = apiop_app_exists(tx, op);
 	if (ex <= 0)
 		return ex;
 	const cJSON *path = cJSON_GetObjectItemCaseSensitive(op->in, "path");
@@ -924,7 +628,7 @@ static void upload_done(int rc, void *arg)
 	if (rc < 0 && op->status < 400)
 		op->status = 500;
 	upload_cleanup(op);
-	op_done(rc, arg);
+	apiop_done(rc, arg);
 }
 
 static void build_upload(struct server_req *r, void *arg)
@@ -938,14 +642,14 @@ static void build_upload(struct server_req *r, void *arg)
 		server_respond_error(r, 400, "bad_request", "the body is the build context (tar.gz)");
 		return;
 	}
-	struct apiop *op = op_new(r, upload_tx);
+	struct apiop *op = apiop_new(r, upload_tx);
 	char id[32], path[4200], desc[200], q[160];
 	if (!op || auth_new_id(id, sizeof id, "b_") < 0) {
 		unlink(file);
 		free(file);
 		if (op) {
 			server_respond_error(r, 503, "unavailable", "no randomness");
-			op_free(op);
+			apiop_free(op);
 		}
 		return;
 	}
@@ -955,7 +659,7 @@ static void build_upload(struct server_req *r, void *arg)
 		unlink(file);
 		free(file);
 		server_respond_internal(r, "upload", "rename failed");
-		op_free(op);
+		apiop_free(op);
 		return;
 	}
 	free(file);
@@ -967,31 +671,28 @@ static void build_upload(struct server_req *r, void *arg)
 	cJSON_AddStringToObject(op->in, "path", path);
 	cJSON_AddStringToObject(op->in, "description", desc);
 	op->after = upload_after;
-	if (store_submit(op->c->store, op_tx, upload_done, op) < 0) {
+	if (store_submit(op->c->store, apiop_tx, upload_done, op) < 0) {
 		unlink(path);
 		server_respond_error(r, 503, "unavailable", "the store is busy; retry");
-		op_free(op);
+		apiop_free(op);
 		return;
 	}
-	server_on_abort(r, op_abort, op);
+	server_on_abort(r, apiop_abort, op);
 }
 
 static int cancel_tx(struct store_tx *tx, struct apiop *op)
 {
-	sqlite3_stmt *st = store_stmt(tx, "SELECT app, status FROM builds WHERE id = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT app, status FROM builds WHERE id = ?", op->id, &st);
 	if (rc != SQLITE_ROW)
-		return rc < 0 ? -1 : refuse(op, 404, "not_found", "no build %s", op->id);
+		return rc < 0 ? -1 : apiop_refuse(op, 404, "not_found", "no build %s", op->id);
 	if (!scope_ok(op, store_col_text(st, 0))) {
 		sqlite3_reset(st);
 		return 0;
 	}
 	const char *status = store_col_text(st, 1);
 	if (strcmp(status, "complete") == 0 || strcmp(status, "failed") == 0) {
-		refuse(op, 409, "conflict", "build %s already ended (%s)", op->id, status);
+		apiop_refuse(op, 409, "conflict", "build %s already ended (%s)", op->id, status);
 		sqlite3_reset(st);
 		return 0;
 	}
@@ -1007,87 +708,35 @@ static void cancel_after(struct apiop *op)
 	cJSON_AddBoolToObject(op->out, "was_running", rc == 1);
 	op->status = rc < 0 ? 503 : 202;
 	if (rc < 0)
-		refuse(op, 503, "unavailable", "the store is busy; retry");
-}
-
-static void build_cancel(struct server_req *r, void *arg)
-{
-	(void)arg;
-	struct apiop *op = op_start(r, cancel_tx, 0, 0);
-	if (!op)
-		return;
-	snprintf(op->id, sizeof op->id, "%s", server_param(r, "build"));
-	op->after = cancel_after;
-	op_submit(op);
+		apiop_refuse(op, 503, "unavailable", "the store is busy; retry");
 }
 
 /* ---- releases ---- */
 
-static cJSON *release_json(sqlite3_stmt *st, int with_spec)
-{
-	/* id, app, seq, build, description, status, created_ms, spec, environment IS NOT NULL */
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "id", store_col_text(st, 0));
-	cJSON_AddStringToObject(o, "app", store_col_text(st, 1));
-	cJSON_AddNumberToObject(o, "seq", (double)sqlite3_column_int64(st, 2));
-	add_text_or_null(o, "build", st, 3);
-	cJSON_AddStringToObject(o, "description", store_col_text(st, 4));
-	cJSON_AddStringToObject(o, "status", store_col_text(st, 5));
-	cJSON_AddNumberToObject(o, "created_ms", (double)sqlite3_column_int64(st, 6));
-	if (with_spec)
-		add_json(o, "spec", st, 7);
-	return o;
-}
+static const struct apiop_field release_fields[] = {
+	{"id", APIOP_TEXT}, {"app", APIOP_TEXT}, {"seq", APIOP_INT},
+	{"build", APIOP_TEXT_OR_NULL}, {"description", APIOP_TEXT}, {"status", APIOP_TEXT},
+	{"created_ms", APIOP_INT}, {"rollout", APIOP_TEXT_OR_NULL},
+};
+static const struct apiop_field release_extra_fields[] = {{"spec", APIOP_JSON},
+							  {"manifest", APIOP_JSON}};
 
-#define RELEASE_COLS "id, app, seq, build, description, status, created_ms, spec "
-
-static int releases_list_tx(struct store_tx *tx, struct apiop *op)
-{
-	int ex = app_exists(tx, op);
-	if (ex <= 0)
-		return ex;
-	sqlite3_stmt *st = store_stmt(tx, "SELECT " RELEASE_COLS "FROM releases WHERE app = ? "
-					  "ORDER BY seq DESC LIMIT ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->app, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, op->n1);
-	op->out = cJSON_CreateObject();
-	cJSON *arr = cJSON_AddArrayToObject(op->out, "releases");
-	int rc;
-	while ((rc = store_step(tx, st)) == SQLITE_ROW)
-		cJSON_AddItemToArray(arr, release_json(st, 0));
-	return rc == SQLITE_DONE ? 0 : -1;
-}
-
-static void releases_list(struct server_req *r, void *arg)
-{
-	(void)arg;
-	int64_t limit;
-	if (query_limit(r, &limit) < 0)
-		return;
-	struct apiop *op = op_start(r, releases_list_tx, 0, 0);
-	if (!op)
-		return;
-	op->n1 = limit;
-	op_submit(op);
-}
+#define RELEASE_COLS                                           \
+	"id, app, seq, build, description, status, created_ms, " \
+	FIRST_ROLLOUT("releases.app", "releases.id") " "
 
 static int release_info_tx(struct store_tx *tx, struct apiop *op)
 {
-	sqlite3_stmt *st = store_stmt(tx, "SELECT " RELEASE_COLS ", manifest FROM releases "
-					  "WHERE id = ? AND app = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, op->app, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text2(tx, "SELECT " RELEASE_COLS ", spec, manifest FROM releases "
+				      "WHERE id = ? AND app = ?", op->id, op->app, &st);
 	if (rc != SQLITE_ROW)
 		return rc < 0 ? -1
-			       : refuse(op, 404, "not_found", "app %s has no release %s", op->app,
+			       : apiop_refuse(op, 404, "not_found", "app %s has no release %s", op->app,
 					op->id);
-	op->out = release_json(st, 1);
-	add_json(op->out, "manifest", st, 8);
+	op->out = cJSON_CreateObject();
+	apiop_add_fields(op->out, st, 0, APIOP_FIELDS(release_fields));
+	apiop_add_fields(op->out, st, 8, APIOP_FIELDS(release_extra_fields));
 	sqlite3_reset(st);
 	/* The sealed environment: names only. */
 	cJSON *spec = releases_spec_tx(tx, op->c->master_key, op->id);
@@ -1100,16 +749,6 @@ static int release_info_tx(struct store_tx *tx, struct apiop *op)
 		cJSON_AddItemToArray(names, cJSON_CreateString(v->string));
 	cJSON_Delete(spec);
 	return 0;
-}
-
-static void release_info(struct server_req *r, void *arg)
-{
-	(void)arg;
-	struct apiop *op = op_start(r, release_info_tx, 0, 0);
-	if (!op)
-		return;
-	snprintf(op->id, sizeof op->id, "%s", server_param(r, "release"));
-	op_submit(op);
 }
 
 static void promoted_answer(struct apiop *op)
@@ -1129,55 +768,39 @@ static void promoted_answer(struct apiop *op)
 	}
 }
 
-static int promote_tx(struct store_tx *tx, struct apiop *op)
+/* After a releases_*_tx call (rc): a store error, a refusal, or PROMOTED. */
+static int promoted(struct apiop *op, int rc)
 {
-	if (releases_promote_tx(tx, op->c, op->app, op->id, "promote", &op->res) < 0)
+	if (rc < 0)
 		return -1;
 	if (from_res(op) == 0 && !op->status)
 		promoted_answer(op);
 	return 0;
+}
+
+static int promote_tx(struct store_tx *tx, struct apiop *op)
+{
+	return promoted(op, releases_promote_tx(tx, op->c, op->app, op->id, "promote", &op->res));
 }
 
 static int rollback_tx(struct store_tx *tx, struct apiop *op)
 {
-	if (releases_rollback_tx(tx, op->c, op->app, op->id, &op->res) < 0)
-		return -1;
-	if (from_res(op) == 0 && !op->status)
-		promoted_answer(op);
-	return 0;
-}
-
-static void release_promote(struct server_req *r, void *arg)
-{
-	struct apiop *op = op_start(r, arg ? rollback_tx : promote_tx, 0, 0);
-	if (!op)
-		return;
-	snprintf(op->id, sizeof op->id, "%s", server_param(r, "release"));
-	op_submit(op);
+	return promoted(op, releases_rollback_tx(tx, op->c, op->app, op->id, &op->res));
 }
 
 /* A release from images (no build): body {"services": ..., "description",
  * "promote"}. */
 static int release_create_tx(struct store_tx *tx, struct apiop *op)
 {
-	int ex = app_exists(tx, op);
+	int ex = apiop_app_exists(tx, op);
 	if (ex <= 0)
 		return ex;
 	struct err err;
-	cJSON *scale = NULL;
-	sqlite3_stmt *st = store_stmt(tx, "SELECT scale FROM apps WHERE name = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->app, -1, SQLITE_STATIC);
-	if (store_step(tx, st) == SQLITE_ROW) {
-		const char *t = store_col_text(st, 0);
-		scale = json_parse(t, strlen(t), (size_t)1 << 20, NULL);
-	}
-	sqlite3_reset(st);
+	cJSON *scale = releases_app_scale_tx(tx, op->app);
 	cJSON *services = releases_services_from_manifest(op->in, NULL, scale, &err);
 	cJSON_Delete(scale);
 	if (!services)
-		return refuse(op, 400, "bad_request", "%s", err.msg);
+		return apiop_refuse(op, 400, "bad_request", "%s", err.msg);
 	cJSON *env = releases_app_env_tx(tx, op->c->master_key, op->app);
 	if (!env) {
 		cJSON_Delete(services);
@@ -1196,152 +819,59 @@ static int release_create_tx(struct store_tx *tx, struct apiop *op)
 	free(mtext);
 	cJSON_Delete(services);
 	cJSON_Delete(env);
-	if (rc < 0)
+	if (promoted(op, rc) < 0)
 		return -1;
-	if (from_res(op) == 0 && !op->status) {
-		promoted_answer(op);
-		if (!op->res.rollout[0])
-			op->status = 201;
-	}
+	if (op->out && !op->res.rollout[0])
+		op->status = 201;
 	return 0;
 }
 
-static void release_create(struct server_req *r, void *arg)
+static const char *release_create_check(struct apiop *op, struct err *err)
 {
-	(void)arg;
-	cJSON *in = server_json_body(r);
-	if (!in)
-		return;
-	struct err err;
 	static const char *const keys[] = {"services", "description", "promote", NULL};
 	bool promote;
 	const char *desc;
-	if (json_check_keys(in, keys, "body", &err) < 0 ||
-	    json_get_bool_opt(in, NULL, "promote", true, &promote, &err) < 0 ||
-	    json_get_string_opt(in, NULL, "description", 200, NULL, &desc, &err) < 0) {
-		server_respond_error(r, 400, "bad_request", "%s", err.msg);
-		cJSON_Delete(in);
-		return;
-	}
-	struct apiop *op = op_new(r, release_create_tx);
-	if (!op) {
-		cJSON_Delete(in);
-		return;
-	}
-	op->in = in;
+	if (json_check_keys(op->in, keys, "body", err) < 0 ||
+	    json_get_bool_opt(op->in, NULL, "promote", true, &promote, err) < 0 ||
+	    json_get_string_opt(op->in, NULL, "description", 200, NULL, &desc, err) < 0)
+		return err->msg;
 	op->flag = promote;
-	op_submit(op);
+	return NULL;
 }
 
 /* ---- rollouts ---- */
 
-static cJSON *rollout_json(sqlite3_stmt *st)
-{
-	/* id, release, previous_release, generation, strategy, trigger, state, reason,
-	 * started_ms, ended_ms */
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "id", store_col_text(st, 0));
-	cJSON_AddStringToObject(o, "release", store_col_text(st, 1));
-	add_text_or_null(o, "previous_release", st, 2);
-	cJSON_AddNumberToObject(o, "generation", (double)sqlite3_column_int64(st, 3));
-	cJSON_AddStringToObject(o, "strategy", store_col_text(st, 4));
-	cJSON_AddStringToObject(o, "trigger", store_col_text(st, 5));
-	cJSON_AddStringToObject(o, "state", store_col_text(st, 6));
-	add_text_or_null(o, "reason", st, 7);
-	cJSON_AddNumberToObject(o, "started_ms", (double)sqlite3_column_int64(st, 8));
-	add_int_or_null(o, "ended_ms", st, 9);
-	return o;
-}
-
-#define ROLLOUT_COLS \
-	"id, release, previous_release, generation, strategy, trigger, state, reason, " \
-	"started_ms, ended_ms "
-
-static int rollouts_list_tx(struct store_tx *tx, struct apiop *op)
-{
-	int ex = app_exists(tx, op);
-	if (ex <= 0)
-		return ex;
-	sqlite3_stmt *st = store_stmt(tx, "SELECT " ROLLOUT_COLS "FROM rollouts WHERE app = ? "
-					  "ORDER BY started_ms DESC, rowid DESC LIMIT ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->app, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, op->n1);
-	op->out = cJSON_CreateObject();
-	cJSON *arr = cJSON_AddArrayToObject(op->out, "rollouts");
-	int rc;
-	while ((rc = store_step(tx, st)) == SQLITE_ROW)
-		cJSON_AddItemToArray(arr, rollout_json(st));
-	return rc == SQLITE_DONE ? 0 : -1;
-}
-
-static void rollouts_list(struct server_req *r, void *arg)
-{
-	(void)arg;
-	int64_t limit;
-	if (query_limit(r, &limit) < 0)
-		return;
-	struct apiop *op = op_start(r, rollouts_list_tx, 0, 0);
-	if (!op)
-		return;
-	op->n1 = limit;
-	op_submit(op);
-}
-
 static int rollout_info_tx(struct store_tx *tx, struct apiop *op)
 {
-	sqlite3_stmt *st = store_stmt(tx, "SELECT " ROLLOUT_COLS "FROM rollouts WHERE id = ? AND "
-					  "app = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, op->app, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text2(tx, "SELECT " ROLLOUT_COLS "FROM rollouts WHERE id = ? AND "
+				      "app = ?", op->id, op->app, &st);
 	if (rc != SQLITE_ROW)
-		return rc < 0 ? -1 : refuse(op, 404, "not_found", "no rollout %s", op->id);
-	op->out = rollout_json(st);
+		return rc < 0 ? -1 : apiop_refuse(op, 404, "not_found", "no rollout %s", op->id);
+	op->out = cJSON_CreateObject();
+	apiop_add_fields(op->out, st, 0, APIOP_FIELDS(rollout_fields));
 	sqlite3_reset(st);
+	static const struct apiop_field job_fields[] = {
+		{"id", APIOP_TEXT}, {"agent", APIOP_TEXT}, {"instance_id", APIOP_TEXT},
+		{"agent_state", APIOP_TEXT}, {"state", APIOP_TEXT},
+		{"result", APIOP_TEXT_OR_NULL}, {"reason", APIOP_TEXT_OR_NULL},
+		{"attempt", APIOP_INT}, {"created_ms", APIOP_INT},
+		{"done_ms", APIOP_INT_OR_NULL}, {"duration_ms", APIOP_INT_OR_NULL},
+	};
 	st = store_stmt(tx, "SELECT j.id, j.agent, g.instance_id, g.state, j.state, j.result, "
 			    "j.reason, j.attempt, j.created_ms, j.done_ms, j.duration_ms FROM jobs j "
 			    "JOIN agents g ON g.id = j.agent WHERE j.rollout = ? ORDER BY j.created_ms");
 	if (!st)
 		return -1;
 	sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
-	cJSON *arr = cJSON_AddArrayToObject(op->out, "jobs");
-	while ((rc = store_step(tx, st)) == SQLITE_ROW) {
-		cJSON *o = cJSON_CreateObject();
-		cJSON_AddStringToObject(o, "id", store_col_text(st, 0));
-		cJSON_AddStringToObject(o, "agent", store_col_text(st, 1));
-		cJSON_AddStringToObject(o, "instance_id", store_col_text(st, 2));
-		cJSON_AddStringToObject(o, "agent_state", store_col_text(st, 3));
-		cJSON_AddStringToObject(o, "state", store_col_text(st, 4));
-		add_text_or_null(o, "result", st, 5);
-		add_text_or_null(o, "reason", st, 6);
-		cJSON_AddNumberToObject(o, "attempt", (double)sqlite3_column_int64(st, 7));
-		cJSON_AddNumberToObject(o, "created_ms", (double)sqlite3_column_int64(st, 8));
-		add_int_or_null(o, "done_ms", st, 9);
-		add_int_or_null(o, "duration_ms", st, 10);
-		cJSON_AddItemToArray(arr, o);
-	}
-	return rc == SQLITE_DONE ? 0 : -1;
-}
-
-static void rollout_info(struct server_req *r, void *arg)
-{
-	(void)arg;
-	struct apiop *op = op_start(r, rollout_info_tx, 0, 0);
-	if (!op)
-		return;
-	snprintf(op->id, sizeof op->id, "%s", server_param(r, "rollout"));
-	op_submit(op);
+	return apiop_add_rows(tx, op->out, "jobs", st, APIOP_FIELDS(job_fields));
 }
 
 /* ---- environment and scale ---- */
 
 static int env_get_tx(struct store_tx *tx, struct apiop *op)
 {
-	int ex = app_exists(tx, op);
+	int ex = apiop_app_exists(tx, op);
 	if (ex <= 0)
 		return ex;
 	cJSON *env = releases_app_env_tx(tx, op->c->master_key, op->app);
@@ -1353,21 +883,12 @@ static int env_get_tx(struct store_tx *tx, struct apiop *op)
 	return 0;
 }
 
-static void env_get(struct server_req *r, void *arg)
-{
-	(void)arg;
-	op_start(r, env_get_tx, 0, 1);
-}
-
 static int env_change_tx(struct store_tx *tx, struct apiop *op)
 {
 	const cJSON *set = cJSON_GetObjectItemCaseSensitive(op->in, "set");
 	const cJSON *unset = cJSON_GetObjectItemCaseSensitive(op->in, "unset");
-	if (releases_env_change_tx(tx, op->c, op->app, set, unset, op->flag, op->who, &op->res) < 0)
-		return -1;
-	if (from_res(op) == 0 && !op->status)
-		promoted_answer(op);
-	return 0;
+	return promoted(op, releases_env_change_tx(tx, op->c, op->app, set, unset, op->flag,
+						   op->who, &op->res));
 }
 
 static int query_flag(struct server_req *r, const char *name)
@@ -1377,68 +898,34 @@ static int query_flag(struct server_req *r, const char *name)
 	       (strcmp(v, "1") == 0 || strcmp(v, "true") == 0 || strcmp(v, "yes") == 0);
 }
 
-static void env_change(struct server_req *r, void *arg)
+static const char *env_change_check(struct apiop *op, struct err *err)
 {
-	(void)arg;
-	cJSON *in = server_json_body(r);
-	if (!in)
-		return;
-	struct err err;
 	static const char *const keys[] = {"set", "unset", "promote", NULL};
 	bool promote;
-	if (json_check_keys(in, keys, "body", &err) < 0 ||
-	    json_get_bool_opt(in, NULL, "promote", false, &promote, &err) < 0) {
-		server_respond_error(r, 400, "bad_request", "%s", err.msg);
-		cJSON_Delete(in);
-		return;
-	}
-	struct apiop *op = op_new(r, env_change_tx);
-	if (!op) {
-		cJSON_Delete(in);
-		return;
-	}
-	op->in = in;
-	op->flag = promote || query_flag(r, "promote");
-	op_submit(op);
+	if (json_check_keys(op->in, keys, "body", err) < 0 ||
+	    json_get_bool_opt(op->in, NULL, "promote", false, &promote, err) < 0)
+		return err->msg;
+	op->flag = promote || query_flag(op->r, "promote");
+	return NULL;
 }
 
 static int scale_tx(struct store_tx *tx, struct apiop *op)
 {
-	if (releases_scale_tx(tx, op->c, op->app, op->id, op->n1, op->n2, op->who, &op->res) < 0)
-		return -1;
-	if (from_res(op) == 0 && !op->status)
-		promoted_answer(op);
-	return 0;
+	return promoted(op, releases_scale_tx(tx, op->c, op->app, op->id, op->n1, op->n2, op->who,
+					      &op->res));
 }
 
-static void scale(struct server_req *r, void *arg)
+static const char *scale_check(struct apiop *op, struct err *err)
 {
-	(void)arg;
-	cJSON *in = server_json_body(r);
-	if (!in)
-		return;
-	struct err err;
 	static const char *const keys[] = {"service", "count", "memory_mb", NULL};
 	const char *service;
-	int64_t count, memory;
-	if (json_check_keys(in, keys, "body", &err) < 0 ||
-	    json_get_string(in, NULL, "service", 40, &service, &err) < 0 ||
-	    json_get_int(in, NULL, "count", 0, 100, &count, &err) < 0 ||
-	    json_get_int_opt(in, NULL, "memory_mb", 0, 1048576, -1, &memory, &err) < 0) {
-		server_respond_error(r, 400, "bad_request", "%s", err.msg);
-		cJSON_Delete(in);
-		return;
-	}
-	struct apiop *op = op_new(r, scale_tx);
-	if (!op) {
-		cJSON_Delete(in);
-		return;
-	}
+	if (json_check_keys(op->in, keys, "body", err) < 0 ||
+	    json_get_string(op->in, NULL, "service", 40, &service, err) < 0 ||
+	    json_get_int(op->in, NULL, "count", 0, 100, &op->n1, err) < 0 ||
+	    json_get_int_opt(op->in, NULL, "memory_mb", 0, 1048576, -1, &op->n2, err) < 0)
+		return err->msg;
 	snprintf(op->id, sizeof op->id, "%s", service);
-	op->n1 = count;
-	op->n2 = memory;
-	cJSON_Delete(in);
-	op_submit(op);
+	return NULL;
 }
 
 /* ---- ps, agents, events ---- */
@@ -1469,7 +956,7 @@ static int ps_tx(struct store_tx *tx, struct apiop *op)
 			cJSON_AddStringToObject(o, "instance_id", store_col_text(st, 1));
 			cJSON_AddStringToObject(o, "hostname", store_col_text(st, 2));
 			cJSON_AddStringToObject(o, "agent_state", store_col_text(st, 3));
-			add_int_or_null(o, "reported_ms", st, 5);
+			apiop_add_int(o, "reported_ms", st, 5);
 			cJSON_AddItemToArray(arr, o);
 		}
 		cJSON_Delete(list);
@@ -1486,12 +973,12 @@ static void ps(struct server_req *r, void *arg)
 		server_respond_error(r, 400, "bad_request", "app: [a-z][a-z0-9-]{0,39}");
 		return;
 	}
-	struct apiop *op = op_start(r, ps_tx, 0, 0);
+	struct apiop *op = apiop_start(r, ps_tx, 0, 0);
 	if (!op)
 		return;
 	if (rc > 0)
 		snprintf(op->app, sizeof op->app, "%s", app);
-	op_submit(op);
+	apiop_submit(op);
 }
 
 static int agents_list_tx(struct store_tx *tx, struct apiop *op)
@@ -1501,27 +988,25 @@ static int agents_list_tx(struct store_tx *tx, struct apiop *op)
 					  "ORDER BY registered_ms, id");
 	if (!st)
 		return -1;
+	/* last_seen_ms: agents_list_after puts the registry's fresher time in. */
+	static const struct apiop_field agent_fields[] = {
+		{"id", APIOP_TEXT}, {"instance_id", APIOP_TEXT}, {"hostname", APIOP_TEXT},
+		{"fleet", APIOP_TEXT}, {"version", APIOP_TEXT}, {"arch", APIOP_TEXT},
+		{"protocol", APIOP_INT}, {"state", APIOP_TEXT}, {"registered_ms", APIOP_INT},
+		{"last_seen_ms", APIOP_INT},
+	};
+	static const struct apiop_field agent_app_fields[] = {
+		{"app", APIOP_TEXT}, {"generation", APIOP_INT},
+		{"applied_generation", APIOP_INT}, {"release", APIOP_TEXT_OR_NULL},
+		{"state", APIOP_TEXT},
+	};
 	op->out = cJSON_CreateObject();
-	cJSON *arr = cJSON_AddArrayToObject(op->out, "agents");
-	int rc;
-	while ((rc = store_step(tx, st)) == SQLITE_ROW) {
-		cJSON *o = cJSON_CreateObject();
-		cJSON_AddStringToObject(o, "id", store_col_text(st, 0));
-		cJSON_AddStringToObject(o, "instance_id", store_col_text(st, 1));
-		cJSON_AddStringToObject(o, "hostname", store_col_text(st, 2));
-		cJSON_AddStringToObject(o, "fleet", store_col_text(st, 3));
-		cJSON_AddStringToObject(o, "version", store_col_text(st, 4));
-		cJSON_AddStringToObject(o, "arch", store_col_text(st, 5));
-		cJSON_AddNumberToObject(o, "protocol", (double)sqlite3_column_int(st, 6));
-		cJSON_AddStringToObject(o, "state", store_col_text(st, 7));
-		cJSON_AddNumberToObject(o, "registered_ms", (double)sqlite3_column_int64(st, 8));
-		/* agents_list_after puts the registry's fresher time in. */
-		cJSON_AddNumberToObject(o, "last_seen_ms", (double)sqlite3_column_int64(st, 9));
-		cJSON_AddArrayToObject(o, "apps");
-		cJSON_AddItemToArray(arr, o);
-	}
-	if (rc != SQLITE_DONE)
+	if (apiop_add_rows(tx, op->out, "agents", st, APIOP_FIELDS(agent_fields)) < 0)
 		return -1;
+	cJSON *arr = cJSON_GetObjectItemCaseSensitive(op->out, "agents"), *ag;
+	cJSON_ArrayForEach(ag, arr)
+		cJSON_AddArrayToObject(ag, "apps");
+	int rc;
 	st = store_stmt(tx, "SELECT agent, app, generation, applied_generation, release, state "
 			    "FROM agent_apps ORDER BY agent, app");
 	if (!st)
@@ -1544,11 +1029,7 @@ static int agents_list_tx(struct store_tx *tx, struct apiop *op)
 		if (!cur)
 			continue;
 		cJSON *o = cJSON_CreateObject();
-		cJSON_AddStringToObject(o, "app", store_col_text(st, 1));
-		cJSON_AddNumberToObject(o, "generation", (double)sqlite3_column_int64(st, 2));
-		cJSON_AddNumberToObject(o, "applied_generation", (double)sqlite3_column_int64(st, 3));
-		add_text_or_null(o, "release", st, 4);
-		cJSON_AddStringToObject(o, "state", store_col_text(st, 5));
+		apiop_add_fields(o, st, 1, APIOP_FIELDS(agent_app_fields));
 		cJSON_AddItemToArray(cJSON_GetObjectItemCaseSensitive(cur, "apps"), o);
 	}
 	return rc == SQLITE_DONE ? 0 : -1;
@@ -1557,6 +1038,8 @@ static int agents_list_tx(struct store_tx *tx, struct apiop *op)
 /* last_seen from the registry, which is fresher than the store. */
 static void agents_list_after(struct apiop *op)
 {
+	if (!op->c->agents)
+		return;
 	cJSON *a;
 	cJSON_ArrayForEach(a, cJSON_GetObjectItemCaseSensitive(op->out, "agents"))
 	{
@@ -1566,17 +1049,6 @@ static void agents_list_after(struct apiop *op)
 			cJSON_ReplaceItemInObjectCaseSensitive(a, "last_seen_ms",
 							       cJSON_CreateNumber((double)ag->last_seen_ms));
 	}
-}
-
-static void agents_list(struct server_req *r, void *arg)
-{
-	(void)arg;
-	struct apiop *op = op_start(r, agents_list_tx, 0, 0);
-	if (!op)
-		return;
-	if (op->c->agents)
-		op->after = agents_list_after;
-	op_submit(op);
 }
 
 static int agent_delete_tx(struct store_tx *tx, struct apiop *op)
@@ -1589,7 +1061,7 @@ static int agent_delete_tx(struct store_tx *tx, struct apiop *op)
 	if (store_step(tx, st) != SQLITE_DONE)
 		return -1;
 	if (sqlite3_changes(tx->db) == 0)
-		return refuse(op, 404, "not_found", "no agent %s", op->id);
+		return apiop_refuse(op, 404, "not_found", "no agent %s", op->id);
 	st = store_stmt(tx, "UPDATE jobs SET state = 'done', result = 'cancelled', reason = "
 			    "'agent removed', done_ms = ? WHERE agent = ? AND state != 'done'");
 	if (!st)
@@ -1612,17 +1084,6 @@ static void agent_delete_after(struct apiop *op)
 		ag->state = AGENT_GONE;
 }
 
-static void agent_delete(struct server_req *r, void *arg)
-{
-	(void)arg;
-	struct apiop *op = op_start(r, agent_delete_tx, 0, 0);
-	if (!op)
-		return;
-	snprintf(op->id, sizeof op->id, "%s", server_param(r, "agent"));
-	op->after = agent_delete_after;
-	op_submit(op);
-}
-
 static int events_tx(struct store_tx *tx, struct apiop *op)
 {
 	sqlite3_stmt *st = store_stmt(tx, "SELECT id, ts_ms, app, kind, message FROM events WHERE "
@@ -1634,19 +1095,12 @@ static int events_tx(struct store_tx *tx, struct apiop *op)
 	sqlite3_bind_text(st, 2, op->principal.app, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, op->n1);
 	sqlite3_bind_int64(st, 4, op->n2);
+	static const struct apiop_field event_fields[] = {
+		{"id", APIOP_INT}, {"ts_ms", APIOP_INT}, {"app", APIOP_TEXT_OR_NULL},
+		{"kind", APIOP_TEXT}, {"message", APIOP_TEXT},
+	};
 	op->out = cJSON_CreateObject();
-	cJSON *arr = cJSON_AddArrayToObject(op->out, "events");
-	int rc;
-	while ((rc = store_step(tx, st)) == SQLITE_ROW) {
-		cJSON *o = cJSON_CreateObject();
-		cJSON_AddNumberToObject(o, "id", (double)sqlite3_column_int64(st, 0));
-		cJSON_AddNumberToObject(o, "ts_ms", (double)sqlite3_column_int64(st, 1));
-		add_text_or_null(o, "app", st, 2);
-		cJSON_AddStringToObject(o, "kind", store_col_text(st, 3));
-		cJSON_AddStringToObject(o, "message", store_col_text(st, 4));
-		cJSON_AddItemToArray(arr, o);
-	}
-	return rc == SQLITE_DONE ? 0 : -1;
+	return apiop_add_rows(tx, op->out, "events", st, APIOP_FIELDS(event_fields));
 }
 
 static void events(struct server_req *r, void *arg)
@@ -1656,7 +1110,7 @@ static void events(struct server_req *r, void *arg)
 	int64_t limit;
 	int rc = server_query(r, "app", app, sizeof app);
 	int ra = server_query(r, "after", after, sizeof after);
-	if (query_limit(r, &limit) < 0)
+	if (apiop_query_limit(r, &limit) < 0)
 		return;
 	char *end = NULL;
 	long long n = ra > 0 ? strtoll(after, &end, 10) : 0;
@@ -1664,14 +1118,14 @@ static void events(struct server_req *r, void *arg)
 		server_respond_error(r, 400, "bad_request", "app: a name; after: an event id");
 		return;
 	}
-	struct apiop *op = op_start(r, events_tx, 0, 0);
+	struct apiop *op = apiop_start(r, events_tx, 0, 0);
 	if (!op)
 		return;
 	if (rc > 0)
 		snprintf(op->app, sizeof op->app, "%s", app);
 	op->n1 = limit;
 	op->n2 = n;
-	op_submit(op);
+	apiop_submit(op);
 }
 
 /* ---- API keys ---- */
@@ -1716,42 +1170,24 @@ static void key_create_after(struct apiop *op)
 		auth_remember(op->c->auth, &who, op->hash);
 }
 
-static void key_create(struct server_req *r, void *arg)
+static const char *key_create_check(struct apiop *op, struct err *err)
 {
-	(void)arg;
-	cJSON *in = server_json_body(r);
-	if (!in)
-		return;
-	struct err err;
 	static const char *const keys[] = {"name", "role", "app", NULL};
 	const char *name, *role, *app;
 	enum auth_role rl;
-	const char *bad = NULL;
-	if (json_check_keys(in, keys, "body", &err) < 0 ||
-	    json_get_string(in, NULL, "name", 63, &name, &err) < 0 ||
-	    json_get_string(in, NULL, "role", 16, &role, &err) < 0 ||
-	    json_get_string_opt(in, NULL, "app", 40, NULL, &app, &err) < 0)
-		bad = err.msg;
-	else if (!*name || !server_valid_id(name))
-		bad = "name: 1..63 of [A-Za-z0-9_-]";
-	else if (auth_role_parse(role, &rl) < 0)
-		bad = "role: admin, deploy or read";
-	else if (app && !server_valid_name(app))
-		bad = "app: [a-z][a-z0-9-]{0,39}";
-	if (bad) {
-		server_respond_error(r, 400, "bad_request", "%s", bad);
-		cJSON_Delete(in);
-		return;
-	}
-	struct apiop *op = op_new(r, key_create_tx);
-	if (!op) {
-		cJSON_Delete(in);
-		return;
-	}
-	op->in = in;
+	if (json_check_keys(op->in, keys, "body", err) < 0 ||
+	    json_get_string(op->in, NULL, "name", 63, &name, err) < 0 ||
+	    json_get_string(op->in, NULL, "role", 16, &role, err) < 0 ||
+	    json_get_string_opt(op->in, NULL, "app", 40, NULL, &app, err) < 0)
+		return err->msg;
+	if (!*name || !server_valid_id(name))
+		return "name: 1..63 of [A-Za-z0-9_-]";
+	if (auth_role_parse(role, &rl) < 0)
+		return "role: admin, deploy or read";
+	if (app && !server_valid_name(app))
+		return "app: [a-z][a-z0-9-]{0,39}";
 	op->n1 = rl;
-	op->after = key_create_after;
-	op_submit(op);
+	return NULL;
 }
 
 static int keys_list_tx(struct store_tx *tx, struct apiop *op)
@@ -1760,27 +1196,13 @@ static int keys_list_tx(struct store_tx *tx, struct apiop *op)
 					  "revoked_ms FROM api_keys ORDER BY created_ms");
 	if (!st)
 		return -1;
+	static const struct apiop_field key_fields[] = {
+		{"id", APIOP_TEXT}, {"name", APIOP_TEXT}, {"role", APIOP_TEXT},
+		{"app", APIOP_TEXT_OR_NULL}, {"created_ms", APIOP_INT},
+		{"last_used_ms", APIOP_INT_OR_NULL}, {"revoked_ms", APIOP_INT_OR_NULL},
+	};
 	op->out = cJSON_CreateObject();
-	cJSON *arr = cJSON_AddArrayToObject(op->out, "keys");
-	int rc;
-	while ((rc = store_step(tx, st)) == SQLITE_ROW) {
-		cJSON *o = cJSON_CreateObject();
-		cJSON_AddStringToObject(o, "id", store_col_text(st, 0));
-		cJSON_AddStringToObject(o, "name", store_col_text(st, 1));
-		cJSON_AddStringToObject(o, "role", store_col_text(st, 2));
-		add_text_or_null(o, "app", st, 3);
-		cJSON_AddNumberToObject(o, "created_ms", (double)sqlite3_column_int64(st, 4));
-		add_int_or_null(o, "last_used_ms", st, 5);
-		add_int_or_null(o, "revoked_ms", st, 6);
-		cJSON_AddItemToArray(arr, o);
-	}
-	return rc == SQLITE_DONE ? 0 : -1;
-}
-
-static void keys_list(struct server_req *r, void *arg)
-{
-	(void)arg;
-	op_start(r, keys_list_tx, 0, 1);
+	return apiop_add_rows(tx, op->out, "keys", st, APIOP_FIELDS(key_fields));
 }
 
 static int key_revoke_tx(struct store_tx *tx, struct apiop *op)
@@ -1788,7 +1210,7 @@ static int key_revoke_tx(struct store_tx *tx, struct apiop *op)
 	if (auth_key_revoke_tx(tx, op->id) < 0) {
 		if (strcmp(tx->err.msg, "not found") == 0) {
 			tx->err.msg[0] = '\0';
-			return refuse(op, 404, "not_found", "no API key %s", op->id);
+			return apiop_refuse(op, 404, "not_found", "no API key %s", op->id);
 		}
 		return -1;
 	}
@@ -1801,17 +1223,6 @@ static void key_revoke_after(struct apiop *op)
 {
 	if (op->c->auth)
 		auth_forget(op->c->auth, op->id);
-}
-
-static void key_revoke(struct server_req *r, void *arg)
-{
-	(void)arg;
-	struct apiop *op = op_start(r, key_revoke_tx, 0, 0);
-	if (!op)
-		return;
-	snprintf(op->id, sizeof op->id, "%s", server_param(r, "key"));
-	op->after = key_revoke_after;
-	op_submit(op);
 }
 
 /* ---- small things ---- */
@@ -1862,61 +1273,167 @@ void api_shutdown(struct coord *c)
 	}
 }
 
+/* ---- the routes ---- */
+
+/* A route that is one store operation: its function, the path parameter naming
+ * the row (op->id; NULL: none), what runs after the commit, and for routes
+ * with a JSON body the check, which answers 400 with the problem it names and
+ * may copy values into the op. */
+struct op_route {
+	apiop_fn fn;
+	const char *param;
+	apiop_after_fn after;
+	const char *(*check)(struct apiop *op, struct err *err);
+};
+
+static void op_route(struct server_req *r, void *arg)
+{
+	const struct op_route *o = arg;
+	struct apiop *op = apiop_start(r, o->fn, o->check != NULL, 0);
+	if (!op)
+		return;
+	if (o->param)
+		snprintf(op->id, sizeof op->id, "%s", server_param(r, o->param));
+	op->after = o->after;
+	struct err err = {{0}};
+	const char *bad = o->check ? o->check(op, &err) : NULL;
+	if (bad) {
+		server_respond_error(r, 400, "bad_request", "%s", bad);
+		apiop_free(op);
+		return;
+	}
+	apiop_submit(op);
+}
+
+/* A list of an app's rows (?limit=): sql binds ?1 app, ?2 limit. */
+struct app_list {
+	const char *sql;
+	const char *key;
+	const struct apiop_field *fields;
+	size_t nfields;
+};
+
+static int app_list_tx(struct store_tx *tx, struct apiop *op)
+{
+	const struct app_list *l = op->arg;
+	int ex = apiop_app_exists(tx, op);
+	if (ex <= 0)
+		return ex;
+	sqlite3_stmt *st = store_stmt(tx, l->sql);
+	if (!st)
+		return -1;
+	sqlite3_bind_text(st, 1, op->app, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, op->n1);
+	op->out = cJSON_CreateObject();
+	return apiop_add_rows(tx, op->out, l->key, st, l->fields, l->nfields);
+}
+
+static void app_list(struct server_req *r, void *arg)
+{
+	int64_t limit;
+	if (apiop_query_limit(r, &limit) < 0)
+		return;
+	struct apiop *op = apiop_start(r, app_list_tx, 0, 0);
+	if (!op)
+		return;
+	op->arg = arg;
+	op->n1 = limit;
+	apiop_submit(op);
+}
+
+static const char SQL_BUILDS[] = "SELECT " BUILD_COLS "FROM builds WHERE app = ? "
+				 "ORDER BY created_ms DESC, rowid DESC LIMIT ?";
+static const char SQL_RELEASES[] = "SELECT " RELEASE_COLS "FROM releases WHERE app = ? "
+				   "ORDER BY seq DESC LIMIT ?";
+static const char SQL_ROLLOUTS[] = "SELECT " ROLLOUT_COLS "FROM rollouts WHERE app = ? "
+				   "ORDER BY started_ms DESC, rowid DESC LIMIT ?";
+static const struct app_list builds_list = {SQL_BUILDS, "builds", APIOP_FIELDS(build_fields)};
+static const struct app_list releases_list = {SQL_RELEASES, "releases",
+					      APIOP_FIELDS(release_fields)};
+static const struct app_list rollouts_list = {SQL_ROLLOUTS, "rollouts",
+					      APIOP_FIELDS(rollout_fields)};
+
+static const struct op_route apps_list = {.fn = apps_list_tx};
+static const struct op_route app_create = {.fn = app_create_tx, .check = app_create_check};
+static const struct op_route app_info = {.fn = app_info_tx};
+static const struct op_route app_update = {.fn = app_update_tx, .check = app_update_check};
+static const struct op_route app_delete = {.fn = app_delete_tx};
+static const struct op_route build_info = {.fn = build_info_tx, .param = "build"};
+static const struct op_route build_cancel = {.fn = cancel_tx, .param = "build",
+					     .after = cancel_after};
+static const struct op_route release_create = {.fn = release_create_tx,
+					       .check = release_create_check};
+static const struct op_route release_info = {.fn = release_info_tx, .param = "release"};
+static const struct op_route release_promote = {.fn = promote_tx, .param = "release"};
+static const struct op_route release_rollback = {.fn = rollback_tx, .param = "release"};
+static const struct op_route rollout_info = {.fn = rollout_info_tx, .param = "rollout"};
+static const struct op_route env_get = {.fn = env_get_tx};
+static const struct op_route env_change = {.fn = env_change_tx, .check = env_change_check};
+static const struct op_route scale = {.fn = scale_tx, .check = scale_check};
+static const struct op_route agents_list = {.fn = agents_list_tx, .after = agents_list_after};
+static const struct op_route agent_delete = {.fn = agent_delete_tx, .param = "agent",
+					     .after = agent_delete_after};
+static const struct op_route key_create = {.fn = key_create_tx, .after = key_create_after,
+					   .check = key_create_check};
+static const struct op_route keys_list = {.fn = keys_list_tx};
+static const struct op_route key_revoke = {.fn = key_revoke_tx, .param = "key",
+					   .after = key_revoke_after};
+
+#define OP(x) op_route, (void *)&(x)
+#define LIST(x) app_list, (void *)&(x)
+
 int api_register(struct coord *c)
 {
-	static int rollback_flag = 1;
-	struct server_route routes[] = {
+	const struct server_route routes[] = {
 		{"GET", "/v1/health", SERVER_AUTH_NONE, SERVER_BODY_NONE, 0, health, NULL},
 		{"GET", "/v1/whoami", SERVER_AUTH_READ, SERVER_BODY_NONE, SERVER_ROUTE_SCOPED_OK,
 		 whoami, NULL},
 		{"GET", "/v1/apps", SERVER_AUTH_READ, SERVER_BODY_NONE, SERVER_ROUTE_SCOPED_OK,
-		 apps_list, NULL},
-		{"POST", "/v1/apps", SERVER_AUTH_ADMIN, SERVER_BODY_SMALL, 0, app_create, NULL},
-		{"GET", "/v1/apps/{app}", SERVER_AUTH_READ, SERVER_BODY_NONE, 0, app_info, NULL},
-		{"PATCH", "/v1/apps/{app}", SERVER_AUTH_ADMIN, SERVER_BODY_SMALL, 0, app_update,
-		 NULL},
-		{"DELETE", "/v1/apps/{app}", SERVER_AUTH_ADMIN, SERVER_BODY_NONE, 0, app_delete,
-		 NULL},
-		{"GET", "/v1/apps/{app}/builds", SERVER_AUTH_READ, SERVER_BODY_NONE, 0, builds_list,
-		 NULL},
+		 OP(apps_list)},
+		{"POST", "/v1/apps", SERVER_AUTH_ADMIN, SERVER_BODY_SMALL, 0, OP(app_create)},
+		{"GET", "/v1/apps/{app}", SERVER_AUTH_READ, SERVER_BODY_NONE, 0, OP(app_info)},
+		{"PATCH", "/v1/apps/{app}", SERVER_AUTH_ADMIN, SERVER_BODY_SMALL, 0, OP(app_update)},
+		{"DELETE", "/v1/apps/{app}", SERVER_AUTH_ADMIN, SERVER_BODY_NONE, 0, OP(app_delete)},
+		{"GET", "/v1/apps/{app}/builds", SERVER_AUTH_READ, SERVER_BODY_NONE, 0,
+		 LIST(builds_list)},
 		{"POST", "/v1/apps/{app}/builds", SERVER_AUTH_DEPLOY, SERVER_BODY_UPLOAD, 0,
 		 build_upload, NULL},
 		{"POST", "/v1/builds/{build}/cancel", SERVER_AUTH_DEPLOY, SERVER_BODY_SMALL,
-		 SERVER_ROUTE_SCOPED_OK, build_cancel, NULL},
+		 SERVER_ROUTE_SCOPED_OK, OP(build_cancel)},
 		{"GET", "/v1/builds/{build}", SERVER_AUTH_READ, SERVER_BODY_NONE,
-		 SERVER_ROUTE_SCOPED_OK, build_info, NULL},
+		 SERVER_ROUTE_SCOPED_OK, OP(build_info)},
 		{"GET", "/v1/builds/{build}/log", SERVER_AUTH_READ, SERVER_BODY_NONE,
 		 SERVER_ROUTE_SCOPED_OK, build_log, NULL},
 		{"GET", "/v1/apps/{app}/releases", SERVER_AUTH_READ, SERVER_BODY_NONE, 0,
-		 releases_list, NULL},
+		 LIST(releases_list)},
 		{"POST", "/v1/apps/{app}/releases", SERVER_AUTH_DEPLOY, SERVER_BODY_SMALL, 0,
-		 release_create, NULL},
+		 OP(release_create)},
 		{"GET", "/v1/apps/{app}/releases/{release}", SERVER_AUTH_READ, SERVER_BODY_NONE, 0,
-		 release_info, NULL},
+		 OP(release_info)},
 		{"POST", "/v1/apps/{app}/releases/{release}/promote", SERVER_AUTH_DEPLOY,
-		 SERVER_BODY_SMALL, 0, release_promote, NULL},
+		 SERVER_BODY_SMALL, 0, OP(release_promote)},
 		{"POST", "/v1/apps/{app}/releases/{release}/rollback", SERVER_AUTH_DEPLOY,
-		 SERVER_BODY_SMALL, 0, release_promote, &rollback_flag},
+		 SERVER_BODY_SMALL, 0, OP(release_rollback)},
 		{"GET", "/v1/apps/{app}/rollouts", SERVER_AUTH_READ, SERVER_BODY_NONE, 0,
-		 rollouts_list, NULL},
+		 LIST(rollouts_list)},
 		{"GET", "/v1/apps/{app}/rollouts/{rollout}", SERVER_AUTH_READ, SERVER_BODY_NONE, 0,
-		 rollout_info, NULL},
-		{"GET", "/v1/apps/{app}/env", SERVER_AUTH_DEPLOY, SERVER_BODY_NONE, 0, env_get, NULL},
-		{"PATCH", "/v1/apps/{app}/env", SERVER_AUTH_DEPLOY, SERVER_BODY_SMALL, 0, env_change,
-		 NULL},
-		{"POST", "/v1/apps/{app}/scale", SERVER_AUTH_DEPLOY, SERVER_BODY_SMALL, 0, scale,
-		 NULL},
+		 OP(rollout_info)},
+		{"GET", "/v1/apps/{app}/env", SERVER_AUTH_DEPLOY, SERVER_BODY_NONE, 0, OP(env_get)},
+		{"PATCH", "/v1/apps/{app}/env", SERVER_AUTH_DEPLOY, SERVER_BODY_SMALL, 0,
+		 OP(env_change)},
+		{"POST", "/v1/apps/{app}/scale", SERVER_AUTH_DEPLOY, SERVER_BODY_SMALL, 0,
+		 OP(scale)},
 		{"GET", "/v1/ps", SERVER_AUTH_READ, SERVER_BODY_NONE, SERVER_ROUTE_SCOPED_OK, ps,
 		 NULL},
-		{"GET", "/v1/agents", SERVER_AUTH_READ, SERVER_BODY_NONE, 0, agents_list, NULL},
+		{"GET", "/v1/agents", SERVER_AUTH_READ, SERVER_BODY_NONE, 0, OP(agents_list)},
 		{"DELETE", "/v1/agents/{agent}", SERVER_AUTH_ADMIN, SERVER_BODY_NONE, 0,
-		 agent_delete, NULL},
+		 OP(agent_delete)},
 		{"GET", "/v1/events", SERVER_AUTH_READ, SERVER_BODY_NONE, SERVER_ROUTE_SCOPED_OK,
 		 events, NULL},
-		{"POST", "/v1/apikeys", SERVER_AUTH_ADMIN, SERVER_BODY_SMALL, 0, key_create, NULL},
-		{"GET", "/v1/apikeys", SERVER_AUTH_ADMIN, SERVER_BODY_NONE, 0, keys_list, NULL},
-		{"DELETE", "/v1/apikeys/{key}", SERVER_AUTH_ADMIN, SERVER_BODY_NONE, 0, key_revoke,
-		 NULL},
+		{"POST", "/v1/apikeys", SERVER_AUTH_ADMIN, SERVER_BODY_SMALL, 0, OP(key_create)},
+		{"GET", "/v1/apikeys", SERVER_AUTH_ADMIN, SERVER_BODY_NONE, 0, OP(keys_list)},
+		{"DELETE", "/v1/apikeys/{key}", SERVER_AUTH_ADMIN, SERVER_BODY_NONE, 0,
+		 OP(key_revoke)},
 	};
 	for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
 		if (server_add_route_ex(c->server, &routes[i]) < 0)

@@ -27,6 +27,7 @@
 #include "log.h"
 #include "manifest.h"
 #include "proc.h"
+#include "queue.h"
 #include "releases.h"
 #include "secrets.h"
 #include "slack.h"
@@ -415,11 +416,8 @@ static bool is_busy(const struct scan *s, const char *app)
  * why in tx->err (which then fails the job, not the operation). */
 static int load_app(struct store_tx *tx, struct scan *s, struct job *j)
 {
-	sqlite3_stmt *st = store_stmt(tx, SQL_APP);
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, j->app, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, SQL_APP, j->app, &st);
 	if (rc != SQLITE_ROW)
 		return rc < 0 ? -1 : err_set(&tx->err, "app %s does not exist", j->app);
 	if (*store_col_text(st, 0))
@@ -764,12 +762,14 @@ static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 struct finish {
 	struct job *j;
-	const char *status;         /* builds.status */
+	const char *status;         /* builds.status (a refused release turns it to failed) */
 	const char *delivery_status;
 	char *error;
 	char *images, *manifest;
 	int64_t now_ms;
 	bool insert;                /* the builds row does not exist yet */
+	struct releases_result res; /* complete: the release made in the same transaction */
+	struct queue_wake wake;     /* the agents its rollout gave jobs */
 };
 
 static const char SQL_BUILD_INSERT[] =
@@ -780,11 +780,6 @@ static const char SQL_BUILD_FINISH[] =
 	"WHERE id = ? AND status = 'running'";
 static const char SQL_DELIVERY_SET[] =
 	"UPDATE deliveries SET status = ?, note = ?, build = ? WHERE id = ?";
-
-static int bind_text_or_null(sqlite3_stmt *st, int i, const char *s)
-{
-	return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
-}
 
 /* Inserts the builds row (running, or failed when error is set). */
 static int insert_build(struct store_tx *tx, struct job *j, const char *status, const char *error,
@@ -797,12 +792,12 @@ static int insert_build(struct store_tx *tx, struct job *j, const char *status, 
 	sqlite3_bind_text(st, 2, j->app, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, status, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 4, j->source, -1, SQLITE_STATIC);
-	bind_text_or_null(st, 5, j->ref[0] ? j->ref : NULL);
-	bind_text_or_null(st, 6, j->sha[0] ? j->sha : NULL);
-	bind_text_or_null(st, 7, j->author[0] ? j->author : NULL);
+	store_bind_text(st, 5, j->ref[0] ? j->ref : NULL);
+	store_bind_text(st, 6, j->sha[0] ? j->sha : NULL);
+	store_bind_text(st, 7, j->author[0] ? j->author : NULL);
 	sqlite3_bind_text(st, 8, j->description, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 9, j->delivery_id);
-	bind_text_or_null(st, 10, error);
+	store_bind_text(st, 10, error);
 	sqlite3_bind_int64(st, 11, now);
 	sqlite3_bind_int64(st, 12, now);
 	if (error)
@@ -821,9 +816,46 @@ static int set_delivery(struct store_tx *tx, int64_t id, const char *status, con
 	if (!st)
 		return -1;
 	sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
-	bind_text_or_null(st, 2, note);
-	bind_text_or_null(st, 3, build);
+	store_bind_text(st, 2, note);
+	store_bind_text(st, 3, build);
 	sqlite3_bind_int64(st, 4, id);
+	return store_step(tx, st) == SQLITE_DONE ? 0 : -1;
+}
+
+static const char SQL_BUILD_NO_RELEASE[] =
+	"UPDATE builds SET status = 'failed', error = ? WHERE id = ?";
+
+/* A complete build's release and its promotion, in the transaction that
+ * completes it: nobody ever reads a complete build without its release. A
+ * release that cannot be made fails the build instead (with why), so that
+ * state never shows either. */
+static int release_tx(struct store_tx *tx, struct finish *f)
+{
+	struct job *j = f->j;
+	f->res.wake = &f->wake;
+	if (store_exec(tx, "SAVEPOINT build_release") < 0)
+		return -1;
+	int rc = releases_create_from_build_tx(tx, j->b->c, j->build_id, &f->res);
+	if (rc == 0 && f->res.status == 0)
+		return store_exec(tx, "RELEASE build_release");
+	char why[600];
+	snprintf(why, sizeof why, "no release: %s", rc < 0 ? tx->err.msg : f->res.message);
+	tx->err.msg[0] = '\0';
+	if (store_exec(tx, "ROLLBACK TO build_release") < 0 ||
+	    store_exec(tx, "RELEASE build_release") < 0)
+		return -1;
+	queue_wake_free(&f->wake);
+	memset(&f->res, 0, sizeof f->res);
+	free(f->error);
+	if (!(f->error = strdup(why)))
+		return err_set(&tx->err, "out of memory");
+	f->status = "failed";
+	f->delivery_status = "failed";
+	sqlite3_stmt *st = store_stmt(tx, SQL_BUILD_NO_RELEASE);
+	if (!st)
+		return -1;
+	sqlite3_bind_text(st, 1, f->error, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, j->build_id, -1, SQLITE_STATIC);
 	return store_step(tx, st) == SQLITE_DONE ? 0 : -1;
 }
 
@@ -839,12 +871,15 @@ static int finish_fn(struct store_tx *tx, void *arg)
 		if (!st)
 			return -1;
 		sqlite3_bind_text(st, 1, f->status, -1, SQLITE_STATIC);
-		bind_text_or_null(st, 2, f->error);
-		bind_text_or_null(st, 3, f->images);
-		bind_text_or_null(st, 4, f->manifest);
+		store_bind_text(st, 2, f->error);
+		store_bind_text(st, 3, f->images);
+		store_bind_text(st, 4, f->manifest);
 		sqlite3_bind_int64(st, 5, f->now_ms);
 		sqlite3_bind_text(st, 6, j->build_id, -1, SQLITE_STATIC);
 		if (store_step(tx, st) != SQLITE_DONE)
+			return -1;
+		if (sqlite3_changes(tx->db) == 1 && !strcmp(f->status, "complete") &&
+		    release_tx(tx, f) < 0)
 			return -1;
 	}
 	return set_delivery(tx, j->delivery_id, f->delivery_status, f->error, j->build_id);
@@ -855,10 +890,9 @@ static void finish_free(struct finish *f)
 	free(f->error);
 	free(f->images);
 	free(f->manifest);
+	queue_wake_free(&f->wake);
 	free(f);
 }
-
-static void release_made(int rc, const char *release_id, const char *error, void *arg);
 
 static void finish_done(int rc, void *arg)
 {
@@ -879,36 +913,20 @@ static void finish_done(int rc, void *arg)
 	log_info(complete ? "build.complete" : "build.failed",
 		 "app=%s build=%s sha=%s error=\"%s\"", j->app, j->build_id, j->sha,
 		 f->error ? f->error : "");
+	if (rc == 0 && complete) {
+		if (j->b->c->queue)
+			queue_wake(j->b->c->queue, &f->wake);
+		job_log(j, "release %s created from build %s", f->res.release, j->build_id);
+		log_info("build.released", "app=%s build=%s release=%s rollout=%s", j->app,
+			 j->build_id, f->res.release, f->res.rollout);
+	} else if (rc == 0 && f->error && !strncmp(f->error, "no release: ", 12)) {
+		job_log(j, "error: %s", f->error);
+		log_error("build.release_failed", "app=%s build=%s error=\"%s\"", j->app,
+			  j->build_id, f->error);
+	}
 	finish_free(f);
 	if (rc == 0 && !complete)
 		slack_build_failed(j->b->c, j->build_id); /* slack: the failed row is committed */
-	if (rc == 0 && complete) {
-		j->inflight = IF_WAIT;
-		if (releases_create_from_build(j->b->c, j->build_id, release_made, j) == 0)
-			return;
-		j->inflight = IF_NONE;
-		job_log(j, "error: the release could not be queued (store busy)");
-	}
-	job_end(j);
-}
-
-static void release_made(int rc, const char *release_id, const char *error, void *arg)
-{
-	struct job *j = arg;
-	j->inflight = IF_NONE;
-	if (j->orphan) {
-		job_destroy(j);
-		return;
-	}
-	if (rc == 0) {
-		job_log(j, "release %s created from build %s", release_id, j->build_id);
-		log_info("build.released", "app=%s build=%s release=%s", j->app, j->build_id,
-			 release_id);
-	} else {
-		job_log(j, "error: no release: %s", error ? error : "?");
-		log_error("build.release_failed", "app=%s build=%s error=\"%s\"", j->app, j->build_id,
-			  error ? error : "");
-	}
 	job_end(j);
 }
 
@@ -2055,61 +2073,111 @@ void builder_free(struct builder *b)
 	free(b);
 }
 
+/* ---- crash recovery and cancelling queued builds ---- */
+
+#define RECOVER_NOTIFY_MAX 256  /* Slack messages for builds a crash interrupted */
+
+static const char SQL_RUNNING[] = "SELECT id FROM builds WHERE status = 'running' LIMIT ?";
+static const char SQL_FAIL_RUNNING[] =
+	"UPDATE builds SET status = 'failed', error = "
+	"'the coordinator stopped while the build was running', ended_ms = ? "
+	"WHERE status = 'running'";
 static const char SQL_RECOVER[] =
 	"UPDATE deliveries SET status = 'failed', note = 'the coordinator stopped during the build' "
 	"WHERE status = 'building' AND build IN (SELECT id FROM builds WHERE status = 'failed')";
 
-static int recover_fn(struct store_tx *tx, void *arg)
+/* The builds of a store operation that failed and want a Slack message. */
+struct failed_op {
+	struct coord *c;
+	int64_t now_ms;
+	char ids[RECOVER_NOTIFY_MAX][ID_MAX];
+	size_t n;          /* ids noted */
+	int builds;        /* builds failed */
+	int deliveries;    /* their deliveries failed */
+};
+
+static int exec_changes(struct store_tx *tx, const char *sql, int64_t now, const char *id,
+			int *changes)
 {
-	(void)arg;
-	sqlite3_stmt *st = store_stmt(tx, SQL_RECOVER);
+	sqlite3_stmt *st = store_stmt(tx, sql);
 	if (!st)
 		return -1;
+	if (now)
+		sqlite3_bind_int64(st, 1, now);
+	if (id)
+		sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
 	if (store_step(tx, st) != SQLITE_DONE)
 		return -1;
-	int n = sqlite3_changes(tx->db);
-	if (n > 0)
-		log_info("build.recovered", "deliveries_failed=%d", n);
+	*changes = sqlite3_changes(tx->db);
 	return 0;
+}
+
+/* Builds that were running when the coordinator died can never finish: they
+ * fail, with their deliveries. */
+static int recover_fn(struct store_tx *tx, void *arg)
+{
+	struct failed_op *op = arg;
+	sqlite3_stmt *st = store_stmt(tx, SQL_RUNNING);
+	if (!st)
+		return -1;
+	sqlite3_bind_int(st, 1, RECOVER_NOTIFY_MAX);
+	int rc;
+	while ((rc = store_step(tx, st)) == SQLITE_ROW)
+		copy(op->ids[op->n++], ID_MAX, store_col_text(st, 0));
+	sqlite3_reset(st);
+	if (rc < 0 || exec_changes(tx, SQL_FAIL_RUNNING, op->now_ms, NULL, &op->builds) < 0 ||
+	    exec_changes(tx, SQL_RECOVER, 0, NULL, &op->deliveries) < 0)
+		return -1;
+	return 0;
+}
+
+/* The failed rows are committed: Slack is told, like for any failed build. */
+static void failed_done(int rc, void *arg)
+{
+	struct failed_op *op = arg;
+	for (size_t i = 0; rc == 0 && i < op->n; i++)
+		slack_build_failed(op->c, op->ids[i]);
+	free(op);
 }
 
 static void recover_done(int rc, void *arg)
 {
-	struct coord *c = arg;
-	(void)rc;
+	struct failed_op *op = arg;
+	struct coord *c = op->c;
+	if (rc < 0)
+		log_error("build.recover_failed", "error=\"the store failed\"");
+	else if (op->builds || op->deliveries)
+		log_warn("coordinator.builds_interrupted", "failed=%d deliveries_failed=%d",
+			 op->builds, op->deliveries);
+	failed_done(rc, op);
 	builder_kick(c->builder);
 }
 
 void builder_recover(struct coord *c)
 {
-	if (store_submit(c->store, recover_fn, recover_done, c) < 0)
-		builder_kick(c->builder);
+	struct failed_op *op = calloc(1, sizeof *op);
+	if (op) {
+		op->c = c;
+		op->now_ms = clock_wall_ms();
+		if (store_submit(c->store, recover_fn, recover_done, op) == 0)
+			return;
+		free(op);
+	}
+	log_error("build.recover_failed", "error=\"out of memory or the store is busy\"");
+	builder_kick(c->builder);
 }
 
 static const char SQL_CANCEL_CREATED[] =
 	"UPDATE builds SET status = 'failed', error = 'cancelled', ended_ms = ? "
 	"WHERE id = ? AND status = 'created'";
 
-struct cancel_op {
-	char id[ID_MAX];
-	int64_t now_ms;
-};
-
 static int cancel_fn(struct store_tx *tx, void *arg)
 {
-	struct cancel_op *op = arg;
-	sqlite3_stmt *st = store_stmt(tx, SQL_CANCEL_CREATED);
-	if (!st)
+	struct failed_op *op = arg;
+	if (exec_changes(tx, SQL_CANCEL_CREATED, op->now_ms, op->ids[0], &op->builds) < 0)
 		return -1;
-	sqlite3_bind_int64(st, 1, op->now_ms);
-	sqlite3_bind_text(st, 2, op->id, -1, SQLITE_STATIC);
-	return store_step(tx, st) == SQLITE_DONE ? 0 : -1;
-}
-
-static void cancel_done(int rc, void *arg)
-{
-	(void)rc;
-	free(arg);
+	op->n = op->builds > 0; /* it was still queued: it failed now */
+	return 0;
 }
 
 int builder_cancel(struct builder *b, const char *build_id)
@@ -2121,12 +2189,13 @@ int builder_cancel(struct builder *b, const char *build_id)
 			return 1;
 		}
 	}
-	struct cancel_op *op = calloc(1, sizeof *op);
+	struct failed_op *op = calloc(1, sizeof *op);
 	if (!op)
 		return -1;
-	copy(op->id, sizeof op->id, build_id);
+	op->c = b->c;
+	copy(op->ids[0], ID_MAX, build_id);
 	op->now_ms = clock_wall_ms();
-	if (store_submit(b->c->store, cancel_fn, cancel_done, op) < 0) {
+	if (store_submit(b->c->store, cancel_fn, failed_done, op) < 0) {
 		free(op);
 		return -1;
 	}

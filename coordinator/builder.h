@@ -33,8 +33,11 @@
  *            <registry>/<app>:<service>.<build-id>, push, digest; per service
  *            with `image`: pulled to learn its digest (kept as given if that
  *            fails).
- *   done     the build row becomes complete with images and manifest JSON
- *            (the delivery 'built'), then releases_create_from_build(). Any
+ *   done     ONE store transaction makes the build row complete with images
+ *            and manifest JSON (the delivery 'built') and creates and
+ *            promotes its release (releases_create_from_build_tx), so no
+ *            reader ever sees a complete build without its release; a release
+ *            that cannot be made fails the build ("no release: ..."). Any
  *            failure, builds.timeout or builder_cancel makes it failed with
  *            the reason (the delivery 'failed').
  * The build log (every git and docker line, each with an RFC 3339 time) is
@@ -74,13 +77,15 @@ void builder_free(struct builder *b);
 /* There may be new work in the store. Cheap; coalesces. */
 void builder_kick(struct builder *b);
 
-/* At start-up, after main.c marked builds that were running as failed:
- * deliveries whose build was running become 'failed', and deliveries recorded
- * but never built are processed again (a kick). */
+/* At start-up, before the first kick: builds that were running when the
+ * coordinator stopped fail ("the coordinator stopped while the build was
+ * running") with their deliveries, and Slack is told as for any failed
+ * build; then deliveries recorded but never built are processed again. */
 void builder_recover(struct coord *c);
 
 /* Cancels a build: a running one fails now with "cancelled"; a queued
- * ('created') one is marked failed in the store. 1 when it was running here,
+ * ('created') one is marked failed in the store (and Slack told once that
+ * commits). 1 when it was running here,
  * 0 when the store update was queued (the build may have ended already), -1
  * when the store queue is full. */
 int builder_cancel(struct builder *b, const char *build_id);

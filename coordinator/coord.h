@@ -2,7 +2,8 @@
  * coord: the coordinator's shared context. One per process, created by main.c
  * and handed to every module; each module owns the field it creates and frees.
  * Everything here is used from the loop thread only (the store has its own
- * thread behind its API).
+ * thread behind its API), except that the store thread reads c->slack under
+ * slack.c's lock.
  */
 #ifndef SLIPWAY_COORD_H
 #define SLIPWAY_COORD_H
@@ -24,6 +25,8 @@ struct server;
 struct auth;
 struct agents;
 struct logsink;
+struct link;
+struct slack;
 
 struct coord {
 	struct ev_loop *loop;
@@ -39,6 +42,8 @@ struct coord {
 	struct auth *auth;            /* API key cache */
 	struct agents *agents;        /* registry, tokens, liveness */
 	struct logsink *logsink;      /* embedded log store */
+	struct link *link;            /* GitLab linking (link.c: link_register, link_free) */
+	struct slack *slack;          /* notifications (slack.c); NULL: none are sent */
 	int64_t started_ms;           /* wall clock at start-up */
 	uint8_t master_key[CRYPTO_KEY_LEN];
 	char data_dir[4096];

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "apiop.h"
 #include "buf.h"
 #include "config.h"
 #include "coord.h"
@@ -22,7 +23,6 @@
 #include "store.h"
 #include "webhook.h"
 
-#define MODS_MAX 8
 #define HOOK_ID_BYTES 16        /* 32 hex digits in the URL */
 #define HOOK_TOKEN_BYTES 32     /* 64 hex digits in X-Gitlab-Token */
 #define BRANCH_MAX 255
@@ -30,18 +30,16 @@
 
 struct flow;
 
-struct link_mod {
+struct link {
 	struct coord *c;
-	struct slack *slack;
 	struct flow *flows;         /* in progress, one per app */
+	bool closing;               /* link_free ran: the last flow frees the module */
 };
-
-static struct link_mod *mods[MODS_MAX];
 
 enum step { STEP_LINK, STEP_UNLINK };
 
 struct flow {
-	struct link_mod *m;
+	struct link *m;
 	struct flow *next;
 	struct server_req *r;       /* NULL once the client went away */
 	enum step kind;
@@ -106,21 +104,7 @@ static void wipe_free(char *s)
 	}
 }
 
-static struct link_mod *mod_of(const struct coord *c)
-{
-	for (size_t i = 0; i < MODS_MAX; i++)
-		if (mods[i] && mods[i]->c == c)
-			return mods[i];
-	return NULL;
-}
-
-struct slack *link_slack(const struct coord *c)
-{
-	struct link_mod *m = mod_of(c);
-	return m ? m->slack : NULL;
-}
-
-static struct flow *busy(struct link_mod *m, const char *app)
+static struct flow *busy(struct link *m, const char *app)
 {
 	for (struct flow *f = m->flows; f; f = f->next)
 		if (strcmp(f->app, app) == 0)
@@ -130,7 +114,7 @@ static struct flow *busy(struct link_mod *m, const char *app)
 
 static void flow_free(struct flow *f)
 {
-	struct link_mod *m = f->m;
+	struct link *m = f->m;
 	for (struct flow **p = &m->flows; *p; p = &(*p)->next) {
 		if (*p == f) {
 			*p = f->next;
@@ -146,6 +130,8 @@ static void flow_free(struct flow *f)
 	}
 	cJSON_Delete(f->warnings);
 	free(f);
+	if (m->closing && !m->flows)
+		free(m);
 }
 
 static void flow_abort(struct server_req *r, void *arg)
@@ -171,6 +157,18 @@ static void gitlab_failed(struct flow *f, const struct gitlab_reply *rep)
 {
 	f->gitlab_status = rep->status;
 	fail(f, 502, "gitlab_error", "%s", rep->message);
+}
+
+/* A GitLab refusal ends the flow with `end` (undo: what it made goes; finish:
+ * nothing was made yet). 1 when rep was a refusal. */
+static int refused_by_gitlab(struct flow *f, const struct gitlab_reply *rep,
+			     void (*end)(struct flow *f))
+{
+	if (rep->ok)
+		return 0;
+	gitlab_failed(f, rep);
+	end(f);
+	return 1;
 }
 
 /* The GitLab side of the link as the answer shows it. */
@@ -264,32 +262,31 @@ static void append_message(struct flow *f, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* One thing this flow created is removed (or could not be). */
+static void undone(struct flow *f, const struct gitlab_reply *rep, bool *created,
+		   const char *what, const char *name, const char *made, int64_t gid)
+{
+	*created = false;
+	if (!rep->ok) {
+		log_error("link.undo_failed", "app=%s what=%s gitlab_id=%lld error=\"%s\"", f->app,
+			  what, (long long)gid, rep->message);
+		append_message(f, " (and the %s %lld %s just now could not be removed: "
+				  "delete it in GitLab)",
+			       name, (long long)gid, made);
+	}
+	undo(f);
+}
+
 static void undone_hook(const struct gitlab_reply *rep, void *arg)
 {
 	struct flow *f = arg;
-	f->created_hook = false;
-	if (!rep->ok) {
-		log_error("link.undo_failed", "app=%s what=webhook gitlab_id=%lld error=\"%s\"",
-			  f->app, (long long)f->hook_gid, rep->message);
-		append_message(f, " (and the webhook %lld created just now could not be removed: "
-				  "delete it in GitLab)",
-			       (long long)f->hook_gid);
-	}
-	undo(f);
+	undone(f, rep, &f->created_hook, "webhook", "webhook", "created", f->hook_gid);
 }
 
 static void undone_key(const struct gitlab_reply *rep, void *arg)
 {
 	struct flow *f = arg;
-	f->created_key = false;
-	if (!rep->ok) {
-		log_error("link.undo_failed", "app=%s what=deploy_key gitlab_id=%lld error=\"%s\"",
-			  f->app, (long long)f->key_gid, rep->message);
-		append_message(f, " (and the deploy key %lld added just now could not be removed: "
-				  "delete it in GitLab)",
-			       (long long)f->key_gid);
-	}
-	undo(f);
+	undone(f, rep, &f->created_key, "deploy_key", "deploy key", "added", f->key_gid);
 }
 
 /* After a failure: removes what this flow created, newest first, then answers. */
@@ -355,11 +352,8 @@ static void copy_col(char *out, size_t cap, sqlite3_stmt *st, int col)
 static int load_tx(struct store_tx *tx, void *arg)
 {
 	struct flow *f = arg;
-	sqlite3_stmt *st = store_stmt(tx, SQL_LOAD);
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, f->app, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, SQL_LOAD, f->app, &st);
 	if (rc < 0)
 		return -1;
 	f->found = rc == SQLITE_ROW;
@@ -544,11 +538,8 @@ static struct gitlab_hook_spec hook_spec(const struct flow *f)
 static void hook_done(const struct gitlab_reply *rep, void *arg)
 {
 	struct flow *f = arg;
-	if (!rep->ok) {
-		gitlab_failed(f, rep);
-		undo(f);
+	if (refused_by_gitlab(f, rep, undo))
 		return;
-	}
 	f->hook_gid = rep->id;
 	save(f);
 }
@@ -564,11 +555,8 @@ static void hook_created(const struct gitlab_reply *rep, void *arg)
 static void hook_found(const struct gitlab_reply *rep, void *arg)
 {
 	struct flow *f = arg;
-	if (!rep->ok) {
-		gitlab_failed(f, rep);
-		undo(f);
+	if (refused_by_gitlab(f, rep, undo))
 		return;
-	}
 	struct coord *c = f->m->c;
 	struct gitlab_conn conn = conn_of(f, f->api_base, f->token);
 	struct gitlab_hook_spec spec = hook_spec(f);
@@ -630,11 +618,8 @@ static void key_found(const struct gitlab_reply *rep, void *arg)
 		undo(f); /* the add's refusal (kept in f) is the answer */
 		return;
 	}
-	if (!rep->ok) {
-		gitlab_failed(f, rep);
-		undo(f);
+	if (refused_by_gitlab(f, rep, undo))
 		return;
-	}
 	if (rep->id) {
 		f->status = 0;
 		f->gitlab_status = -1;
@@ -656,11 +641,8 @@ static void key_found(const struct gitlab_reply *rep, void *arg)
 static void got_project(const struct gitlab_reply *rep, void *arg)
 {
 	struct flow *f = arg;
-	if (!rep->ok) {
-		gitlab_failed(f, rep);
-		finish(f);
+	if (refused_by_gitlab(f, rep, finish))
 		return;
-	}
 	f->project = rep->project;
 	if (f->linked && f->old_project_id && f->old_project_id != f->project.id) {
 		fail(f, 409, "conflict", "app %s is linked to project %s (id %lld); unlink it first",
@@ -715,20 +697,25 @@ static void key_made(struct sshkey *key, const char *error, void *arg)
 	get_project(f);
 }
 
+/* The app's row could not be read, or there is no such app: answered. */
+static int not_loaded(struct flow *f, int rc)
+{
+	if (rc < 0)
+		fail(f, 500, "internal", "the app's link could not be read");
+	else if (!f->found)
+		fail(f, 404, "not_found", "unknown app %s", f->app);
+	else
+		return 0;
+	finish(f);
+	return 1;
+}
+
 static void link_loaded(int rc, void *arg)
 {
 	struct flow *f = arg;
 	struct coord *c = f->m->c;
-	if (rc < 0) {
-		fail(f, 500, "internal", "the app's link could not be read");
-		finish(f);
+	if (not_loaded(f, rc))
 		return;
-	}
-	if (!f->found) {
-		fail(f, 404, "not_found", "unknown app %s", f->app);
-		finish(f);
-		return;
-	}
 	char old_base[GITLAB_URL_MAX + 16];
 	if (f->linked && f->old_gitlab_url[0] &&
 	    (gitlab_api_base(f->old_gitlab_url, old_base, sizeof old_base, NULL) < 0 ||
@@ -849,16 +836,8 @@ static void unlink_hook_done(const struct gitlab_reply *rep, void *arg)
 static void unlink_loaded(int rc, void *arg)
 {
 	struct flow *f = arg;
-	if (rc < 0) {
-		fail(f, 500, "internal", "the app's link could not be read");
-		finish(f);
+	if (not_loaded(f, rc))
 		return;
-	}
-	if (!f->found) {
-		fail(f, 404, "not_found", "unknown app %s", f->app);
-		finish(f);
-		return;
-	}
 	if (!f->linked) {
 		f->status = 200; /* nothing to undo: harmless, like linking twice */
 		finish(f);
@@ -886,47 +865,27 @@ static void unlink_loaded(int rc, void *arg)
 
 /* ---- GET /v1/apps/{app}/link ---- */
 
-struct show {
-	struct server_req *r;
-	char app[48];
-	int found;
-	cJSON *out;
-};
-
-static void add_text_or_null(cJSON *o, const char *key, sqlite3_stmt *st, int col)
+static int show_tx(struct store_tx *tx, struct apiop *op)
 {
-	if (sqlite3_column_type(st, col) == SQLITE_NULL)
-		cJSON_AddNullToObject(o, key);
-	else
-		cJSON_AddStringToObject(o, key, store_col_text(st, col));
-}
-
-static int show_tx(struct store_tx *tx, void *arg)
-{
-	struct show *s = arg;
 	sqlite3_stmt *st = store_stmt(
 		tx, "SELECT hook_id IS NOT NULL, gitlab_url, project, project_id, repo_url, branch, "
 		    "deploy, deploy_key_public, gitlab_hook_id, gitlab_key_id, slack_url IS NOT NULL "
 		    "FROM apps WHERE name = ?");
 	if (!st)
 		return -1;
-	sqlite3_bind_text(st, 1, s->app, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 1, op->app, -1, SQLITE_STATIC);
 	int rc = store_step(tx, st);
 	if (rc != SQLITE_ROW)
-		return rc < 0 ? -1 : 0;
-	s->found = 1;
-	cJSON *o = s->out = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "app", s->app);
-	cJSON_AddBoolToObject(o, "linked", sqlite3_column_int(st, 0));
-	add_text_or_null(o, "gitlab_url", st, 1);
-	add_text_or_null(o, "project", st, 2);
-	if (sqlite3_column_type(st, 3) == SQLITE_NULL)
-		cJSON_AddNullToObject(o, "project_id");
-	else
-		cJSON_AddNumberToObject(o, "project_id", (double)sqlite3_column_int64(st, 3));
-	add_text_or_null(o, "repo_url", st, 4);
-	add_text_or_null(o, "branch", st, 5);
-	cJSON_AddStringToObject(o, "deploy", store_col_text(st, 6));
+		return rc < 0 ? -1 : apiop_refuse(op, 404, "not_found", "unknown app %s", op->app);
+	static const struct apiop_field fields[] = {
+		{"linked", APIOP_BOOL}, {"gitlab_url", APIOP_TEXT_OR_NULL},
+		{"project", APIOP_TEXT_OR_NULL}, {"project_id", APIOP_INT_OR_NULL},
+		{"repo_url", APIOP_TEXT_OR_NULL}, {"branch", APIOP_TEXT_OR_NULL},
+		{"deploy", APIOP_TEXT},
+	};
+	cJSON *o = op->out = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "app", op->app);
+	apiop_add_fields(o, st, 0, APIOP_FIELDS(fields));
 	if (sqlite3_column_type(st, 7) == SQLITE_NULL) {
 		cJSON_AddNullToObject(o, "deploy_key");
 	} else {
@@ -944,47 +903,31 @@ static int show_tx(struct store_tx *tx, void *arg)
 		cJSON_AddNumberToObject(hook, "gitlab_id", (double)sqlite3_column_int64(st, 8));
 	}
 	cJSON_AddBoolToObject(o, "slack", sqlite3_column_int(st, 10));
+	sqlite3_reset(st);
 	return 0;
-}
-
-static void show_done(int rc, void *arg)
-{
-	struct show *s = arg;
-	if (s->r) {
-		server_on_abort(s->r, NULL, NULL);
-		if (rc < 0)
-			server_respond_internal(s->r, "link", "store operation failed");
-		else if (!s->found)
-			server_respond_error(s->r, 404, "not_found", "unknown app %s", s->app);
-		else
-			server_respond_json(s->r, 200, s->out);
-	}
-	cJSON_Delete(s->out);
-	free(s);
-}
-
-static void show_abort(struct server_req *r, void *arg)
-{
-	(void)r;
-	((struct show *)arg)->r = NULL;
 }
 
 static void link_get(struct server_req *r, void *arg)
 {
-	struct link_mod *m = arg;
-	struct show *s = calloc(1, sizeof *s);
-	if (!s) {
-		server_respond_error(r, 503, "unavailable", "out of memory");
-		return;
-	}
-	s->r = r;
-	snprintf(s->app, sizeof s->app, "%s", server_param(r, "app"));
-	if (store_submit(m->c->store, show_tx, show_done, s) < 0) {
-		server_respond_error(r, 503, "unavailable", "the store is busy; retry");
-		free(s);
-		return;
-	}
-	server_on_abort(r, show_abort, s);
+	(void)arg;
+	apiop_start(r, show_tx, 0, 1);
+}
+
+/* ---- for other modules ---- */
+
+int link_linked_tx(struct store_tx *tx, const char *app, char *project, size_t cap)
+{
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT hook_id IS NOT NULL OR gitlab_hook_id IS NOT "
+				     "NULL OR gitlab_key_id IS NOT NULL, coalesce(project, '') "
+				     "FROM apps WHERE name = ?", app, &st);
+	if (rc < 0)
+		return -1;
+	int linked = rc == SQLITE_ROW && sqlite3_column_int(st, 0);
+	if (project && cap)
+		snprintf(project, cap, "%s", linked ? store_col_text(st, 1) : "");
+	sqlite3_reset(st);
+	return linked;
 }
 
 /* ---- the endpoints ---- */
@@ -1020,7 +963,7 @@ static int valid_branch(const char *b)
 	return 1;
 }
 
-static struct flow *flow_new(struct link_mod *m, struct server_req *r, enum step kind)
+static struct flow *flow_new(struct link *m, struct server_req *r, enum step kind)
 {
 	struct flow *f = calloc(1, sizeof *f);
 	if (!f) {
@@ -1084,7 +1027,7 @@ static int read_link_body(struct flow *f, const cJSON *in)
 }
 
 /* Common start: one flow per app, then the load. Frees f on refusal. */
-static void start_flow(struct link_mod *m, struct server_req *r, struct flow *f,
+static void start_flow(struct link *m, struct server_req *r, struct flow *f,
 		       store_done_fn loaded)
 {
 	struct flow *other = busy(m, f->app);
@@ -1106,7 +1049,7 @@ static void start_flow(struct link_mod *m, struct server_req *r, struct flow *f,
 
 static void link_post(struct server_req *r, void *arg)
 {
-	struct link_mod *m = arg;
+	struct link *m = arg;
 	cJSON *in = server_json_body(r);
 	if (!in)
 		return;
@@ -1127,7 +1070,7 @@ static void link_post(struct server_req *r, void *arg)
 
 static void link_delete(struct server_req *r, void *arg)
 {
-	struct link_mod *m = arg;
+	struct link *m = arg;
 	char force[8];
 	int q = server_query(r, "force", force, sizeof force);
 	if (q < 0 || (q == 1 && strcmp(force, "1") && strcmp(force, "0") && strcmp(force, "true") &&
@@ -1144,54 +1087,49 @@ static void link_delete(struct server_req *r, void *arg)
 
 int link_register(struct coord *c)
 {
-	if (mod_of(c))
+	if (c->link)
 		return 0;
-	size_t slot = MODS_MAX;
-	for (size_t i = 0; i < MODS_MAX && slot == MODS_MAX; i++)
-		if (!mods[i])
-			slot = i;
-	struct link_mod *m = slot < MODS_MAX ? calloc(1, sizeof *m) : NULL;
+	struct link *m = calloc(1, sizeof *m);
 	if (!m) {
 		log_error("link.register_failed", "reason=\"out of memory\"");
 		return -1;
 	}
 	m->c = c;
-	m->slack = slack_new(c, NULL);
+	struct slack *slack = slack_new(c, NULL);
 	const struct server_route routes[] = {
 		{"POST", "/v1/apps/{app}/link", SERVER_AUTH_ADMIN, SERVER_BODY_SMALL, 0, link_post, m},
 		{"DELETE", "/v1/apps/{app}/link", SERVER_AUTH_ADMIN, SERVER_BODY_NONE, 0, link_delete,
 		 m},
 		{"GET", "/v1/apps/{app}/link", SERVER_AUTH_READ, SERVER_BODY_NONE, 0, link_get, m},
 	};
-	int rc = m->slack ? 0 : -1;
+	int rc = slack ? 0 : -1;
 	for (size_t i = 0; rc == 0 && i < sizeof routes / sizeof routes[0]; i++)
 		rc = server_add_route_ex(c->server, &routes[i]);
 	if (rc == 0)
-		rc = slack_register_routes(m->slack, c->server);
+		rc = slack_register_routes(slack, c->server);
 	if (rc < 0) {
 		log_error("link.register_failed", "reason=\"a route was refused\"");
-		slack_free(m->slack);
+		slack_free(slack);
 		free(m);
 		return -1;
 	}
-	mods[slot] = m;
+	c->link = m;
 	return 0;
 }
 
 void link_free(struct coord *c)
 {
-	for (size_t i = 0; i < MODS_MAX; i++) {
-		struct link_mod *m = mods[i];
-		if (!m || m->c != c)
-			continue;
-		/* Flows still waiting on GitLab or the store finish into nothing: the
-		 * server and its requests are gone by now. */
-		for (struct flow *f = m->flows; f; f = f->next)
-			f->r = NULL;
-		slack_free(m->slack);
-		m->slack = NULL;
-		mods[i] = NULL;
-		if (!m->flows)
-			free(m); /* else kept for the flows (they need c): freed with the process */
-	}
+	struct link *m = c->link;
+	if (!m)
+		return;
+	c->link = NULL;
+	slack_free(c->slack);
+	/* Flows still waiting on GitLab or the store finish into nothing (the
+	 * server and its requests are gone by now); the last one frees m. */
+	for (struct flow *f = m->flows; f; f = f->next)
+		f->r = NULL;
+	if (m->flows)
+		m->closing = true;
+	else
+		free(m);
 }

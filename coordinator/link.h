@@ -40,26 +40,32 @@
  * API; the token, hook token and private key are registered with
  * log_redact_add as soon as they are known.
  *
- * Ownership: link_register allocates the module (and the Slack notifier);
- * link_free releases both (main.c, at shutdown; optional at process exit).
+ * Ownership: link_register allocates the module (c->link) and the Slack
+ * notifier (c->slack); link_free releases both (main.c, at shutdown, after
+ * store_close and before http_client_free: Slack cancels its requests). A
+ * flow still in progress then keeps the module until it ends.
  * Threads: loop thread only; nothing blocks (key generation on the worker
  * pool, SQL on the store thread, GitLab through http_client).
  */
 #ifndef SLIPWAY_COORD_LINK_H
 #define SLIPWAY_COORD_LINK_H
 
+#include <stddef.h>
+
 struct coord;
-struct slack;
+struct store_tx;
 
 /* Registers the link and Slack routes on c->server and starts the Slack
  * notifier. Needs c->server, c->store, c->http and c->workers. -1 on failure
  * (logged). */
 int link_register(struct coord *c);
 
-/* Frees what link_register made (NULL-safe when it never ran). */
+/* Frees what link_register made (harmless when it never ran). */
 void link_free(struct coord *c);
 
-/* The Slack notifier link_register started for c, or NULL (tests). */
-struct slack *link_slack(const struct coord *c);
+/* Inside a store operation: 1 when app is linked to GitLab (a webhook or a
+ * deploy key is registered there), its project path into project (may be
+ * NULL); 0 when not linked or unknown; -1 store error (tx->err). */
+int link_linked_tx(struct store_tx *tx, const char *app, char *project, size_t cap);
 
 #endif

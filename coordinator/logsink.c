@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "apiop.h"
 #include "clock.h"
 #include "config.h"
 #include "coord.h"
@@ -42,6 +43,7 @@ struct logsink {
 	struct app_total *totals;
 	struct agent_metrics *metrics;
 	struct follower *followers;
+	int stopping;             /* logsink_shutdown ran: follow streams end */
 	atomic_int stale_totals;  /* a write failed: recount on the store thread */
 };
 
@@ -218,11 +220,8 @@ int logsink_store_tx(struct store_tx *tx, struct logsink *s, const char *agent,
 		const cJSON *rel = cJSON_GetObjectItemCaseSensitive(strm, "release");
 		const cJSON *evs = cJSON_GetObjectItemCaseSensitive(strm, "events");
 		size_t n = (size_t)cJSON_GetArraySize(evs);
-		sqlite3_stmt *st = store_stmt(tx, "SELECT 1 FROM apps WHERE name = ?");
-		if (!st)
-			return -1;
-		sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
-		int rc = store_step(tx, st);
+		sqlite3_stmt *st;
+		int rc = store_step_text(tx, "SELECT 1 FROM apps WHERE name = ?", app, &st);
 		sqlite3_reset(st);
 		if (rc < 0)
 			return -1;
@@ -447,6 +446,8 @@ struct follower {
 	int limit;
 	int tail;                /* the first query takes the newest `limit` events */
 	int follow;
+	int started;             /* the first query answered (follow: the stream is open) */
+	int missing;             /* the first query found no such app */
 	int busy;                /* a query is running */
 	int blocked;             /* waiting for the client to drain */
 	ev_timer timer;
@@ -475,19 +476,14 @@ static void follower_free(struct follower *f)
 
 static void event_json(struct buf *out, sqlite3_stmt *st)
 {
+	static const struct apiop_field fields[] = {
+		{"id", APIOP_INT}, {"ts_ms", APIOP_INT}, {"app", APIOP_TEXT},
+		{"service", APIOP_TEXT}, {"container", APIOP_TEXT},
+		{"release", APIOP_TEXT_OR_NULL}, {"agent", APIOP_TEXT}, {"stream", APIOP_TEXT},
+		{"message", APIOP_TEXT},
+	};
 	cJSON *o = cJSON_CreateObject();
-	cJSON_AddNumberToObject(o, "id", (double)sqlite3_column_int64(st, 0));
-	cJSON_AddNumberToObject(o, "ts_ms", (double)sqlite3_column_int64(st, 1));
-	cJSON_AddStringToObject(o, "app", store_col_text(st, 2));
-	cJSON_AddStringToObject(o, "service", store_col_text(st, 3));
-	cJSON_AddStringToObject(o, "container", store_col_text(st, 4));
-	if (sqlite3_column_type(st, 5) == SQLITE_NULL)
-		cJSON_AddNullToObject(o, "release");
-	else
-		cJSON_AddStringToObject(o, "release", store_col_text(st, 5));
-	cJSON_AddStringToObject(o, "agent", store_col_text(st, 6));
-	cJSON_AddStringToObject(o, "stream", store_col_text(st, 7));
-	cJSON_AddStringToObject(o, "message", store_col_text(st, 8));
+	apiop_add_fields(o, st, 0, APIOP_FIELDS(fields));
 	json_to_buf(o, out);
 	cJSON_Delete(o);
 }
@@ -498,6 +494,16 @@ static int read_tx(struct store_tx *tx, void *arg)
 	struct follower *f = arg;
 	const char *sep = f->follow ? "\n" : ",";
 	sqlite3_stmt *st;
+	if (!f->started) {
+		/* An unknown app is 404, like every other {app} route. */
+		int ex = store_app_exists(tx, f->app);
+		if (ex < 0)
+			return -1;
+		if (!ex) {
+			f->missing = 1;
+			return 0;
+		}
+	}
 	if (f->tail) {
 		/* The newest `limit` events, oldest first. */
 		st = store_stmt(tx, "SELECT * FROM (SELECT id, ts_ms, app, service, container, "
@@ -540,6 +546,17 @@ static void follow_tick(struct ev_loop *loop, ev_timer *t, int revents)
 	follow_query(f);
 }
 
+static void follow_drain(struct server_req *r, void *arg);
+
+/* The answer of a request that never started streaming, then the end. */
+static void read_refused(struct follower *f, int status, const char *code, const char *msg)
+{
+	server_on_abort(f->r, NULL, NULL);
+	server_respond_error(f->r, status, code, "%s", msg);
+	f->r = NULL;
+	follower_free(f);
+}
+
 static void read_done(int rc, void *arg)
 {
 	struct follower *f = arg;
@@ -549,13 +566,14 @@ static void read_done(int rc, void *arg)
 		follower_free(f);
 		return;
 	}
-	if (rc < 0) {
-		if (f->follow)
-			server_stream_end(f->r);
-		else
-			server_respond_error(f->r, 503, "unavailable", "the store is busy; retry");
-		f->r = NULL;
-		follower_free(f);
+	if (f->missing) {
+		char msg[96];
+		snprintf(msg, sizeof msg, "unknown app %s", f->app);
+		read_refused(f, 404, "not_found", msg);
+		return;
+	}
+	if (rc < 0 && !f->started) {
+		read_refused(f, 503, "unavailable", "the store is busy; retry");
 		return;
 	}
 	if (!f->follow) {
@@ -565,8 +583,29 @@ static void read_done(int rc, void *arg)
 		buf_init(&b, f->out.len + 64);
 		buf_printf(&b, "{\"events\":[%.*s],\"next\":%lld}", (int)f->out.len,
 			   f->out.data ? f->out.data : "", (long long)f->after_id);
+		server_on_abort(f->r, NULL, NULL);
 		server_respond(f->r, 200, "application/json", b.data, b.len);
 		buf_free(&b);
+		f->r = NULL;
+		follower_free(f);
+		return;
+	}
+	if (!f->started) {
+		if (server_stream_start(f->r, 200, "application/x-ndjson") < 0) {
+			server_on_abort(f->r, NULL, NULL);
+			server_abort(f->r);
+			f->r = NULL;
+			follower_free(f);
+			return;
+		}
+		server_stream_on_drain(f->r, follow_drain, f);
+	}
+	f->started = 1;
+	if (rc < 0 || f->s->stopping) {
+		if (rc == 0 && f->out.len)
+			server_stream_write(f->r, f->out.data, f->out.len);
+		server_on_abort(f->r, NULL, NULL);
+		server_stream_end(f->r); /* a complete answer: the client can resume */
 		f->r = NULL;
 		follower_free(f);
 		return;
@@ -577,6 +616,8 @@ static void read_done(int rc, void *arg)
 			return;
 		}
 		buf_reset(&f->out);
+	} else {
+		server_stream_keepalive(f->r); /* refused: the backlog ends it anyway */
 	}
 	ev_timer_set(&f->timer, FOLLOW_EVERY_S, 0.0);
 	ev_timer_start(f->s->c->loop, &f->timer);
@@ -699,26 +740,13 @@ static void get_logs(struct server_req *r, void *arg)
 	if (s->followers)
 		s->followers->prev = f;
 	s->followers = f;
-	if (f->follow) {
-		if (server_stream_start(r, 200, "application/x-ndjson") < 0) {
-			f->r = NULL;
-			follower_free(f);
-			return;
-		}
-		server_stream_on_drain(r, follow_drain, f);
-		f->limit = f->tail ? f->limit : FOLLOW_BATCH;
-	}
+	if (f->follow && !f->tail)
+		f->limit = FOLLOW_BATCH;
+	/* The stream starts once the first query found the app (404 otherwise). */
 	server_on_abort(r, follow_abort, f);
 	follow_query(f);
-	if (!f->busy) {
-		server_on_abort(r, NULL, NULL);
-		if (f->follow)
-			server_stream_end(r);
-		else
-			server_respond_error(r, 503, "unavailable", "the store is busy; retry");
-		f->r = NULL;
-		follower_free(f);
-	}
+	if (!f->busy)
+		read_refused(f, 503, "unavailable", "the store is busy; retry");
 }
 
 /* ---- life cycle ---- */
@@ -727,20 +755,15 @@ void logsink_shutdown(struct logsink *s)
 {
 	if (!s)
 		return;
-	for (struct follower *f = s->followers; f; f = f->next) {
-		if (!f->r || !f->follow)
-			continue;
-		struct server_req *r = f->r;
-		server_on_abort(r, NULL, NULL);
-		f->r = NULL;
-		server_stream_end(r); /* the client sees a complete answer and can resume */
-		if (!f->busy)
-			ev_timer_stop(s->c->loop, &f->timer);
-	}
-	/* Followers without a query in flight go now; the others when it returns. */
+	s->stopping = 1; /* a follower whose query is in flight ends when it returns */
 	struct follower *f = s->followers;
 	while (f) {
 		struct follower *next = f->next;
+		if (f->r && f->follow && f->started && !f->busy) {
+			server_on_abort(f->r, NULL, NULL);
+			server_stream_end(f->r); /* a complete answer: the client can resume */
+			f->r = NULL;
+		}
 		if (!f->r && !f->busy)
 			follower_free(f);
 		f = next;

@@ -18,7 +18,9 @@
  *
  * Reading: GET /v1/apps/{app}/logs (role read) answers the newest events as
  * JSON, or with follow=1 streams them as NDJSON and keeps streaming new ones
- * (polled every 500 ms) until the client goes away. Metrics: the latest batch
+ * (polled every 500 ms) until the client goes away, with an empty line after
+ * every 15 s of silence (server_stream_keepalive). An unknown app is 404: the
+ * first query checks the app before the stream starts. Metrics: the latest batch
  * of each agent is kept in memory (not in the store: the figures are only
  * useful fresh) and read with GET /v1/agents/{agent}/metrics.
  *

@@ -216,21 +216,6 @@ static int cmd_secrets(int argc, char **argv, const char *config_path)
 
 /* ---- the daemon ---- */
 
-static int fail_running_builds_tx(struct store_tx *tx, void *arg)
-{
-	int *n = arg;
-	sqlite3_stmt *st = store_stmt(tx, "UPDATE builds SET status = 'failed', error = "
-					  "'the coordinator stopped while the build was running', "
-					  "ended_ms = ? WHERE status = 'running'");
-	if (!st)
-		return -1;
-	sqlite3_bind_int64(st, 1, clock_wall_ms());
-	if (store_step(tx, st) != SQLITE_DONE)
-		return -1;
-	*n = sqlite3_changes(tx->db);
-	return 0;
-}
-
 struct daemon {
 	struct coord c;
 	ev_signal sigterm, sigint;
@@ -296,11 +281,6 @@ static int run(const char *config_path)
 	    !(c->store = open_store(c->loop, cfg, &err)) ||
 	    secrets_check_canary(c->store, c->master_key, key_file, &err) < 0)
 		goto out;
-	int failed_builds = 0;
-	if (store_run(c->store, fail_running_builds_tx, &failed_builds, &err) < 0)
-		goto out;
-	if (failed_builds)
-		log_warn("coordinator.builds_interrupted", "failed=%d", failed_builds);
 	long nofile = httpd_raise_nofile_limit(&err);
 	if (nofile < 0)
 		log_warn("coordinator.nofile", "error=\"%s\"", err.msg);
@@ -334,7 +314,7 @@ static int run(const char *config_path)
 	c->builder = builder_new(c, &err);
 	if (!c->builder)
 		goto out;
-	builder_recover(c);
+	builder_recover(c); /* builds a crash interrupted fail (Slack is told): before any runs */
 	rollout_recover(c);
 	agents_start(c->agents);
 	queue_start(c->queue);
@@ -365,6 +345,7 @@ out:
 	builder_free(c->builder);
 	server_free(c->server);
 	store_close(c->store);
+	link_free(c); /* and Slack: before http_client_free, which its requests use */
 	logsink_free(c->logsink);
 	queue_free(c->queue);
 	agents_free(c->agents);

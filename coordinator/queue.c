@@ -78,14 +78,8 @@ int queue_job_insert_tx(struct store_tx *tx, const char *agent, const char *app,
 	sqlite3_bind_text(st, 3, app, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 4, type, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 5, generation);
-	if (release)
-		sqlite3_bind_text(st, 6, release, -1, SQLITE_STATIC);
-	else
-		sqlite3_bind_null(st, 6);
-	if (rollout)
-		sqlite3_bind_text(st, 7, rollout, -1, SQLITE_STATIC);
-	else
-		sqlite3_bind_null(st, 7);
+	store_bind_text(st, 6, release);
+	store_bind_text(st, 7, rollout);
 	sqlite3_bind_int64(st, 8, now);
 	if (store_step(tx, st) != SQLITE_DONE)
 		return -1;
@@ -102,10 +96,7 @@ int queue_job_insert_tx(struct store_tx *tx, const char *agent, const char *app,
 		sqlite3_bind_text(st, 1, agent, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, app, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 3, generation);
-		if (release)
-			sqlite3_bind_text(st, 4, release, -1, SQLITE_STATIC);
-		else
-			sqlite3_bind_null(st, 4);
+		store_bind_text(st, 4, release);
 		sqlite3_bind_int64(st, 5, now);
 		if (store_step(tx, st) != SQLITE_DONE)
 			return -1;
@@ -276,14 +267,12 @@ struct job_row {
 static int job_load(struct store_tx *tx, const char *id, struct job_row *row)
 {
 	memset(row, 0, sizeof *row);
-	sqlite3_stmt *st = store_stmt(tx, "SELECT agent, app, type, generation, "
-					  "coalesce(rollout, ''), state, coalesce(result, ''), "
-					  "attempt, coalesce(lease_id, ''), "
-					  "coalesce(lease_expires_ms, 0), leases FROM jobs WHERE id = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT agent, app, type, generation, "
+				     "coalesce(rollout, ''), state, coalesce(result, ''), "
+				     "attempt, coalesce(lease_id, ''), "
+				     "coalesce(lease_expires_ms, 0), leases FROM jobs WHERE id = ?",
+				 id, &st);
 	if (rc != SQLITE_ROW)
 		return rc < 0 ? -1 : 0;
 	snprintf(row->agent, sizeof row->agent, "%s", store_col_text(st, 0));
@@ -379,10 +368,7 @@ int queue_ack_tx(struct store_tx *tx, struct coord *c, const char *agent, const 
 			return -1;
 		}
 		sqlite3_bind_text(st, 1, ack->result, -1, SQLITE_STATIC);
-		if (ack->reason)
-			sqlite3_bind_text(st, 2, ack->reason, -1, SQLITE_STATIC);
-		else
-			sqlite3_bind_null(st, 2);
+		store_bind_text(st, 2, ack->reason);
 		if (ack->output_tail) {
 			size_t len = strlen(ack->output_tail);
 			const char *tail = ack->output_tail;

@@ -431,22 +431,11 @@ static int refuse(struct releases_result *res, int status, const char *fmt, ...)
 	return 0;
 }
 
-static int app_exists(struct store_tx *tx, const char *app)
-{
-	sqlite3_stmt *st = store_stmt(tx, "SELECT 1 FROM apps WHERE name = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
-	sqlite3_reset(st);
-	return rc < 0 ? -1 : rc == SQLITE_ROW;
-}
-
 int releases_create_tx(struct store_tx *tx, struct coord *c, const char *app, const char *build,
 		       const cJSON *services, const cJSON *env, const char *manifest,
 		       const char *description, const char *trigger, struct releases_result *res)
 {
-	int ex = app_exists(tx, app);
+	int ex = store_app_exists(tx, app);
 	if (ex <= 0)
 		return ex < 0 ? -1 : refuse(res, 404, "unknown app %s", app);
 	if (!cJSON_IsArray(services) || cJSON_GetArraySize(services) == 0)
@@ -510,10 +499,7 @@ int releases_create_tx(struct store_tx *tx, struct coord *c, const char *app, co
 			sqlite3_bind_blob(st, 5, sealed.data, (int)sealed.len, SQLITE_STATIC);
 		else
 			sqlite3_bind_null(st, 5);
-		if (manifest)
-			sqlite3_bind_text(st, 6, manifest, -1, SQLITE_STATIC);
-		else
-			sqlite3_bind_null(st, 6);
+		store_bind_text(st, 6, manifest);
 		sqlite3_bind_text(st, 7, description ? description : "", -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 8, now);
 		rc = store_step(tx, st) == SQLITE_DONE ? 0 : -1;
@@ -540,7 +526,7 @@ static cJSON *load_json_col(sqlite3_stmt *st, int col, struct err *err)
 	return json_parse(t, strlen(t), SPEC_MAX, err);
 }
 
-static cJSON *app_scale(struct store_tx *tx, const char *app)
+cJSON *releases_app_scale_tx(struct store_tx *tx, const char *app)
 {
 	sqlite3_stmt *st = store_stmt(tx, "SELECT scale FROM apps WHERE name = ?");
 	if (!st)
@@ -560,12 +546,10 @@ static cJSON *app_scale(struct store_tx *tx, const char *app)
 int releases_create_from_build_tx(struct store_tx *tx, struct coord *c, const char *build_id,
 				  struct releases_result *res)
 {
-	sqlite3_stmt *st = store_stmt(tx, "SELECT app, status, coalesce(release, ''), images, "
-					  "manifest, description FROM builds WHERE id = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, build_id, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT app, status, coalesce(release, ''), images, "
+				     "manifest, description FROM builds WHERE id = ?",
+				 build_id, &st);
 	if (rc != SQLITE_ROW)
 		return rc < 0 ? -1 : refuse(res, 404, "unknown build %s", build_id);
 	char app[48], status[16], release[72], description[256];
@@ -594,7 +578,7 @@ int releases_create_from_build_tx(struct store_tx *tx, struct coord *c, const ch
 			    e.msg[0] ? ": " : "", e.msg);
 		goto out;
 	}
-	scale = app_scale(tx, app);
+	scale = releases_app_scale_tx(tx, app);
 	env = releases_app_env_tx(tx, c->master_key, app);
 	if (!env) {
 		rc = -1;
@@ -721,7 +705,7 @@ int releases_rollback_tx(struct store_tx *tx, struct coord *c, const char *app,
 	int rc = old_release_load(tx, c, app, release_id, &o);
 	if (rc <= 0)
 		return rc < 0 ? -1 : refuse(res, 404, "app %s has no release %s", app, release_id);
-	cJSON *scale = app_scale(tx, app);
+	cJSON *scale = releases_app_scale_tx(tx, app);
 	apply_scale(o.services, scale);
 	cJSON_Delete(scale);
 	char desc[128];
@@ -781,7 +765,7 @@ static int rerelease(struct store_tx *tx, struct coord *c, const char *app, cons
 	int rc = old_release_load(tx, c, app, base, &o);
 	if (rc <= 0)
 		return rc < 0 ? -1 : refuse(res, 404, "app %s has no release %s", app, base);
-	cJSON *scale = app_scale(tx, app);
+	cJSON *scale = releases_app_scale_tx(tx, app);
 	apply_scale(o.services, scale);
 	cJSON_Delete(scale);
 	rc = releases_create_tx(tx, c, app, o.build, o.services, env, o.manifest, desc, trigger,
@@ -794,7 +778,7 @@ int releases_env_change_tx(struct store_tx *tx, struct coord *c, const char *app
 			   const cJSON *set, const cJSON *unset, int promote, const char *who,
 			   struct releases_result *res)
 {
-	int ex = app_exists(tx, app);
+	int ex = store_app_exists(tx, app);
 	if (ex <= 0)
 		return ex < 0 ? -1 : refuse(res, 404, "unknown app %s", app);
 	struct err e;
@@ -859,7 +843,7 @@ int releases_scale_tx(struct store_tx *tx, struct coord *c, const char *app, con
 		      int64_t count, int64_t memory_mb, const char *who,
 		      struct releases_result *res)
 {
-	int ex = app_exists(tx, app);
+	int ex = store_app_exists(tx, app);
 	if (ex <= 0)
 		return ex < 0 ? -1 : refuse(res, 404, "unknown app %s", app);
 	if (!server_valid_name(service))
@@ -888,7 +872,7 @@ int releases_scale_tx(struct store_tx *tx, struct coord *c, const char *app, con
 		if (!found)
 			return refuse(res, 404, "app %s has no service %s", app, service);
 	}
-	cJSON *scale = app_scale(tx, app);
+	cJSON *scale = releases_app_scale_tx(tx, app);
 	if (!scale)
 		return err_set(&tx->err, "out of memory");
 	cJSON *entry = cJSON_GetObjectItemCaseSensitive(scale, service);

@@ -12,8 +12,8 @@
  * live). Only the status ever changes; a rollback, an environment change and a
  * scale change each make a NEW release, so the history is exact.
  *
- * Creating a release from a build (the builder calls this when a build
- * completes):
+ * Creating a release from a build (the builder calls the _tx form inside the
+ * transaction that completes the build):
  *   - the build row must be `complete`; builds.images is
  *     {"<service>": {"image": "<registry>/<app>:<service>.<build>",
  *                    "digest": "sha256:<64 hex>"}}
@@ -127,6 +127,9 @@ int releases_env_change_tx(struct store_tx *tx, struct coord *c, const char *app
 int releases_scale_tx(struct store_tx *tx, struct coord *c, const char *app, const char *service,
 		      int64_t count, int64_t memory_mb, const char *who,
 		      struct releases_result *res);
+
+/* The app's scale overrides ({} when none), a new object. */
+cJSON *releases_app_scale_tx(struct store_tx *tx, const char *app);
 
 /* The app's environment (opened), a new object; NULL and tx->err on failure. */
 cJSON *releases_app_env_tx(struct store_tx *tx, const uint8_t *master_key, const char *app);

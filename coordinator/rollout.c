@@ -81,10 +81,7 @@ int rollout_event_tx(struct store_tx *tx, const char *app, const char *kind, con
 	if (!st)
 		return -1;
 	sqlite3_bind_int64(st, 1, clock_wall_ms());
-	if (app)
-		sqlite3_bind_text(st, 2, app, -1, SQLITE_STATIC);
-	else
-		sqlite3_bind_null(st, 2);
+	store_bind_text(st, 2, app);
 	sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 4, msg, -1, SQLITE_STATIC);
 	if (store_step(tx, st) != SQLITE_DONE)
@@ -96,12 +93,9 @@ int rollout_event_tx(struct store_tx *tx, const char *app, const char *kind, con
 /* 1 found, 0 no such app, -1 error. */
 static int app_load(struct store_tx *tx, const char *app, struct app_row *a)
 {
-	sqlite3_stmt *st = store_stmt(tx, "SELECT fleet, strategy, generation, release FROM apps "
-					  "WHERE name = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT fleet, strategy, generation, release FROM apps "
+				     "WHERE name = ?", app, &st);
 	if (rc < 0)
 		return -1;
 	if (rc != SQLITE_ROW)
@@ -115,12 +109,10 @@ static int app_load(struct store_tx *tx, const char *app, struct app_row *a)
 
 static int rollout_load(struct store_tx *tx, const char *id, struct rollout_row *r)
 {
-	sqlite3_stmt *st = store_stmt(tx, "SELECT app, release, previous_release, generation, "
-					  "strategy, trigger, state FROM rollouts WHERE id = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT app, release, previous_release, generation, "
+				     "strategy, trigger, state FROM rollouts WHERE id = ?",
+				 id, &st);
 	if (rc < 0)
 		return -1;
 	if (rc != SQLITE_ROW)
@@ -142,10 +134,7 @@ static int rollout_end(struct store_tx *tx, const char *id, const char *state, c
 	if (!st)
 		return -1;
 	sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
-	if (reason)
-		sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
-	else
-		sqlite3_bind_null(st, 2);
+	store_bind_text(st, 2, reason);
 	sqlite3_bind_int64(st, 3, clock_wall_ms());
 	sqlite3_bind_text(st, 4, id, -1, SQLITE_STATIC);
 	return store_step(tx, st) == SQLITE_DONE ? 0 : -1;
@@ -278,13 +267,10 @@ static int fail(struct store_tx *tx, struct coord *c, const char *rid, const str
 {
 	/* Why: the first failed job. */
 	char reason[600] = "an agent failed";
-	sqlite3_stmt *st = store_stmt(tx, "SELECT agent, coalesce(reason, result) FROM jobs "
-					  "WHERE rollout = ? AND state = 'done' AND result IN "
-					  "('failed', 'expired') ORDER BY done_ms LIMIT 1");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, rid, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT agent, coalesce(reason, result) FROM jobs "
+				     "WHERE rollout = ? AND state = 'done' AND result IN "
+				     "('failed', 'expired') ORDER BY done_ms LIMIT 1", rid, &st);
 	if (rc < 0)
 		return -1;
 	if (rc == SQLITE_ROW)
@@ -503,13 +489,10 @@ int rollout_start_tx(struct store_tx *tx, struct coord *c, const char *app,
 
 int rollout_has_pending_tx(struct store_tx *tx, const char *rollout_id)
 {
-	sqlite3_stmt *st = store_stmt(tx, "SELECT 1 FROM jobs j JOIN agents a ON a.id = j.agent "
-					  "WHERE j.rollout = ? AND j.state IN ('queued', 'leased') "
-					  "AND a.state = 'live' LIMIT 1");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, rollout_id, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT 1 FROM jobs j JOIN agents a ON a.id = j.agent "
+				     "WHERE j.rollout = ? AND j.state IN ('queued', 'leased') "
+				     "AND a.state = 'live' LIMIT 1", rollout_id, &st);
 	sqlite3_reset(st);
 	return rc < 0 ? -1 : rc == SQLITE_ROW;
 }
@@ -560,11 +543,9 @@ int rollout_agent_joined_tx(struct store_tx *tx, struct coord *c, const char *ag
 			    int registered, struct queue_wake *w)
 {
 	(void)c;
-	sqlite3_stmt *st = store_stmt(tx, "SELECT fleet FROM agents WHERE id = ? AND state = 'live'");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, agent, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT fleet FROM agents WHERE id = ? AND state = 'live'",
+				 agent, &st);
 	if (rc != SQLITE_ROW)
 		return rc < 0 ? -1 : 0;
 	char fleet[48];

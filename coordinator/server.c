@@ -53,6 +53,7 @@ struct sreq {
 	int64_t t0;
 	int status;
 	int streaming;
+	int64_t last_write_ms;  /* streams: clock_mono_ms of the last bytes out */
 	int auth_pending;   /* an API key the cache did not know: ask the store */
 	int lookup_busy;    /* that store lookup is running */
 	int gone;           /* the client went away during the lookup */
@@ -225,12 +226,23 @@ int server_stream_start(struct server_req *r, int status, const char *content_ty
 	struct sreq *s = priv(r);
 	s->status = status;
 	s->streaming = 1;
+	s->last_write_ms = clock_mono_ms();
 	return httpd_stream_start(r->http, status, content_type);
 }
 
 int server_stream_write(struct server_req *r, const void *data, size_t len)
 {
-	return httpd_stream_write(r->http, data, len);
+	int rc = httpd_stream_write(r->http, data, len);
+	if (rc == 0 && len)
+		priv(r)->last_write_ms = clock_mono_ms();
+	return rc;
+}
+
+int server_stream_keepalive(struct server_req *r)
+{
+	if (clock_mono_ms() - priv(r)->last_write_ms < SERVER_STREAM_KEEPALIVE_MS)
+		return 0;
+	return server_stream_write(r, "\n", 1) < 0 ? -1 : 1;
 }
 
 int server_stream_end(struct server_req *r)

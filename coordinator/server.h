@@ -182,6 +182,14 @@ int server_stream_write(struct server_req *r, const void *data, size_t len);
 int server_stream_end(struct server_req *r);
 void server_stream_on_drain(struct server_req *r, server_drain_fn fn, void *arg);
 
+/* Keepalive for polled streams (NDJSON log follow, build logs): a stream on
+ * which nothing was written for SERVER_STREAM_KEEPALIVE_MS (clock_mono_ms)
+ * gets an empty line, so a load balancer's idle timeout does not cut it;
+ * clients skip empty lines. Owners call it whenever a poll had nothing to
+ * send. 1 written, 0 not due yet, -1 the write was refused (backlog). */
+#define SERVER_STREAM_KEEPALIVE_MS 15000
+int server_stream_keepalive(struct server_req *r);
+
 /* Drops the connection without an answer (on_abort is not called). */
 void server_abort(struct server_req *r);
 

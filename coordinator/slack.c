@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "apiop.h"
 #include "buf.h"
 #include "coord.h"
 #include "http_client.h"
@@ -17,7 +18,6 @@
 #include "server.h"
 #include "store.h"
 
-#define REG_MAX 16
 #define RECENT_MAX 256          /* ids already notified (a rollout can be noted twice) */
 #define ID_MAX 72
 #define TEXT_MAX 600            /* reasons and errors are cut to this in messages */
@@ -44,7 +44,7 @@ struct slack {
 	size_t in_flight;
 	struct slack_stats stats;
 	ev_async wake;
-	/* guarded by reg_lock: rollout ids noted by the store thread */
+	/* guarded by note_lock: rollout ids noted by the store thread */
 	char (*pending)[ID_MAX];
 	size_t npending;
 	/* loop thread */
@@ -54,47 +54,9 @@ struct slack {
 	int closing;                 /* slack_free ran; the last op frees */
 };
 
-/* ---- the coord -> slack table (the hooks run where only the coord is known) ---- */
-
-static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-	const struct coord *c;
-	struct slack *s;
-} reg[REG_MAX];
-
-static int reg_add(struct slack *s)
-{
-	int rc = -1;
-	pthread_mutex_lock(&reg_lock);
-	for (size_t i = 0; i < REG_MAX; i++) {
-		if (!reg[i].s || reg[i].c == s->c) {
-			reg[i].c = s->c;
-			reg[i].s = s;
-			rc = 0;
-			break;
-		}
-	}
-	pthread_mutex_unlock(&reg_lock);
-	return rc;
-}
-
-static void reg_remove(struct slack *s)
-{
-	pthread_mutex_lock(&reg_lock);
-	for (size_t i = 0; i < REG_MAX; i++)
-		if (reg[i].s == s)
-			reg[i].c = NULL, reg[i].s = NULL;
-	pthread_mutex_unlock(&reg_lock);
-}
-
-/* Caller holds reg_lock. */
-static struct slack *reg_find(const struct coord *c)
-{
-	for (size_t i = 0; c && i < REG_MAX; i++)
-		if (reg[i].s && reg[i].c == c)
-			return reg[i].s;
-	return NULL;
-}
+/* Guards c->slack against slack_free while the store thread notes a rollout,
+ * and s->pending. */
+static pthread_mutex_t note_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- formatting ---- */
 
@@ -378,9 +340,9 @@ void slack_get_stats(const struct slack *s, struct slack_stats *out)
 	*out = s->stats;
 	out->queued = s->queued;
 	out->in_flight = s->in_flight;
-	pthread_mutex_lock(&reg_lock);
+	pthread_mutex_lock(&note_lock);
 	out->pending_dropped = s->stats.pending_dropped;
-	pthread_mutex_unlock(&reg_lock);
+	pthread_mutex_unlock(&note_lock);
 }
 
 /* ---- reading what to say (store operations) ---- */
@@ -430,17 +392,23 @@ static char *open_url(struct store_tx *tx, const uint8_t *key, const char *app, 
 	return url;
 }
 
+/* What note i says, and where it goes: the app's URL from column col. */
+static int note_out(struct store_tx *tx, struct note_op *op, size_t i, const struct slack_note *n,
+		    sqlite3_stmt *st, int col)
+{
+	op->out[i].body = slack_message_json(n);
+	op->out[i].url = open_url(tx, op->s->c->master_key, n->app, st, col);
+	return 0;
+}
+
 static const char SQL_BUILD_NOTE[] =
 	"SELECT b.app, b.status, b.sha, b.author, b.ref, b.error, b.created_ms, b.started_ms, "
 	"b.ended_ms, a.slack_url FROM builds b JOIN apps a ON a.name = b.app WHERE b.id = ?";
 
 static int build_note(struct store_tx *tx, struct note_op *op, size_t i)
 {
-	sqlite3_stmt *st = store_stmt(tx, SQL_BUILD_NOTE);
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->ids[i], -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, SQL_BUILD_NOTE, op->ids[i], &st);
 	if (rc != SQLITE_ROW)
 		return rc < 0 ? -1 : 0;
 	if (strcmp(store_col_text(st, 1), "failed") != 0 ||
@@ -462,9 +430,7 @@ static int build_note(struct store_tx *tx, struct note_op *op, size_t i)
 		.took_ms = end >= start && start > 0 ? end - start : -1,
 		.total_ms = -1,
 	};
-	op->out[i].body = slack_message_json(&n);
-	op->out[i].url = open_url(tx, op->s->c->master_key, app, st, 9);
-	return 0;
+	return note_out(tx, op, i, &n, st, 9);
 }
 
 static const char SQL_ROLLOUT_NOTE[] =
@@ -475,11 +441,8 @@ static const char SQL_ROLLOUT_NOTE[] =
 
 static int rollout_note(struct store_tx *tx, struct note_op *op, size_t i)
 {
-	sqlite3_stmt *st = store_stmt(tx, SQL_ROLLOUT_NOTE);
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, op->ids[i], -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, SQL_ROLLOUT_NOTE, op->ids[i], &st);
 	if (rc != SQLITE_ROW)
 		return rc < 0 ? -1 : 0;
 	if (sqlite3_column_type(st, 14) == SQLITE_NULL)
@@ -520,9 +483,7 @@ static int rollout_note(struct store_tx *tx, struct note_op *op, size_t i)
 				    ? ended - pushed
 				    : -1,
 	};
-	op->out[i].body = slack_message_json(&n);
-	op->out[i].url = open_url(tx, op->s->c->master_key, app, st, 14);
-	return 0;
+	return note_out(tx, op, i, &n, st, 14);
 }
 
 static int note_tx(struct store_tx *tx, void *arg)
@@ -595,9 +556,7 @@ static void submit_notes(struct slack *s, int is_build, char (*ids)[ID_MAX], siz
 
 void slack_build_failed(struct coord *c, const char *build_id)
 {
-	pthread_mutex_lock(&reg_lock);
-	struct slack *s = reg_find(c);
-	pthread_mutex_unlock(&reg_lock);
+	struct slack *s = c->slack; /* set and cleared on this thread */
 	if (!s || s->closing || !build_id || strlen(build_id) >= ID_MAX)
 		return;
 	char (*ids)[ID_MAX] = calloc(1, sizeof *ids);
@@ -611,8 +570,8 @@ void slack_rollout_ended(struct coord *c, const char *rollout_id)
 {
 	if (!rollout_id || strlen(rollout_id) >= ID_MAX)
 		return;
-	pthread_mutex_lock(&reg_lock);
-	struct slack *s = reg_find(c);
+	pthread_mutex_lock(&note_lock);
+	struct slack *s = c->slack;
 	if (s) {
 		if (!s->pending)
 			s->pending = calloc(SLACK_PENDING_MAX, sizeof *s->pending);
@@ -622,7 +581,7 @@ void slack_rollout_ended(struct coord *c, const char *rollout_id)
 			s->stats.pending_dropped++;
 		ev_async_send(s->loop, &s->wake);
 	}
-	pthread_mutex_unlock(&reg_lock);
+	pthread_mutex_unlock(&note_lock);
 }
 
 /* Loop thread: the noted rollouts go into one read. */
@@ -631,12 +590,12 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
 	(void)loop;
 	(void)revents;
 	struct slack *s = w->data;
-	pthread_mutex_lock(&reg_lock);
+	pthread_mutex_lock(&note_lock);
 	char (*ids)[ID_MAX] = s->pending;
 	size_t n = s->npending;
 	s->pending = NULL;
 	s->npending = 0;
-	pthread_mutex_unlock(&reg_lock);
+	pthread_mutex_unlock(&note_lock);
 	if (n == 0 || s->closing) {
 		free(ids);
 		return;
@@ -668,12 +627,9 @@ struct slack *slack_new(struct coord *c, const struct slack_opts *opts)
 	s->wake.data = s;
 	ev_async_start(s->loop, &s->wake);
 	ev_unref(s->loop); /* an idle notifier does not keep the loop running */
-	if (reg_add(s) < 0) {
-		ev_ref(s->loop);
-		ev_async_stop(s->loop, &s->wake);
-		free(s);
-		return NULL;
-	}
+	pthread_mutex_lock(&note_lock);
+	c->slack = s;
+	pthread_mutex_unlock(&note_lock);
 	return s;
 }
 
@@ -687,8 +643,15 @@ void slack_free(struct slack *s)
 {
 	if (!s)
 		return;
-	reg_remove(s); /* from here no store thread touches s */
+	pthread_mutex_lock(&note_lock);
+	if (s->c->slack == s)
+		s->c->slack = NULL; /* from here no store thread touches s */
+	pthread_mutex_unlock(&note_lock);
 	s->closing = 1;
+	/* What was still waiting is lost (the queue is not durable): say so. */
+	log_info("slack.stopped", "sent=%llu failed=%llu dropped=%llu lost=%zu",
+		 (unsigned long long)s->stats.sent, (unsigned long long)s->stats.failed,
+		 (unsigned long long)s->stats.dropped, s->queued + s->in_flight);
 	ev_ref(s->loop);
 	ev_async_stop(s->loop, &s->wake);
 	while (s->flying) {
@@ -713,91 +676,50 @@ void slack_free(struct slack *s)
 
 enum url_op { URL_SET, URL_GET, URL_CLEAR };
 
-struct url_req {
-	struct slack *s;
-	struct server_req *r;      /* NULL once the client went away */
-	enum url_op what;
-	char app[48];
-	char who[64];
-	char *url;                 /* URL_SET: the plaintext (wiped when freed) */
-	int found;
-	int configured;
-};
-
-static void url_req_free(struct url_req *u)
+/* op->flag: the url_op; op->secret: the URL to set. */
+static int url_tx(struct store_tx *tx, struct apiop *op)
 {
-	if (u->url) {
-		memset(u->url, 0, strlen(u->url));
-		free(u->url);
-	}
-	free(u);
-}
-
-static int url_tx(struct store_tx *tx, void *arg)
-{
-	struct url_req *u = arg;
-	sqlite3_stmt *st = store_stmt(tx, "SELECT slack_url IS NOT NULL FROM apps WHERE name = ?");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, u->app, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT slack_url IS NOT NULL FROM apps WHERE name = ?",
+				 op->app, &st);
 	if (rc < 0)
 		return -1;
-	u->found = rc == SQLITE_ROW;
-	u->configured = u->found && sqlite3_column_int(st, 0);
+	if (rc != SQLITE_ROW)
+		return apiop_refuse(op, 404, "not_found", "unknown app %s", op->app);
+	int configured = sqlite3_column_int(st, 0);
 	sqlite3_reset(st);
-	if (!u->found || u->what == URL_GET)
-		return 0;
-	struct buf sealed;
-	buf_init(&sealed, SLACK_URL_MAX + 256);
-	if (u->what == URL_SET &&
-	    secrets_seal(u->s->c->master_key, "apps", u->app, "slack_url", u->url, strlen(u->url),
-			 &sealed) < 0) {
-		buf_free(&sealed);
-		return err_set(&tx->err, "cannot seal the Slack URL");
-	}
-	st = store_stmt(tx, "UPDATE apps SET slack_url = ? WHERE name = ?");
-	if (!st) {
-		buf_free(&sealed);
-		return -1;
-	}
-	if (u->what == URL_SET)
-		sqlite3_bind_blob(st, 1, sealed.data, (int)sealed.len, SQLITE_TRANSIENT);
-	else
-		sqlite3_bind_null(st, 1);
-	sqlite3_bind_text(st, 2, u->app, -1, SQLITE_STATIC);
-	rc = store_step(tx, st);
-	buf_free(&sealed);
-	if (rc != SQLITE_DONE)
-		return -1;
-	u->configured = u->what == URL_SET;
-	return rollout_event_tx(tx, u->app, "slack.changed", "by=%s slack=%s", u->who,
-				u->configured ? "set" : "removed");
-}
-
-static void url_done(int rc, void *arg)
-{
-	struct url_req *u = arg;
-	if (u->r) {
-		server_on_abort(u->r, NULL, NULL);
-		if (rc < 0) {
-			server_respond_internal(u->r, "slack", "store operation failed");
-		} else if (!u->found) {
-			server_respond_error(u->r, 404, "not_found", "unknown app %s", u->app);
-		} else {
-			cJSON *o = cJSON_CreateObject();
-			cJSON_AddStringToObject(o, "app", u->app);
-			cJSON_AddBoolToObject(o, "slack", u->configured);
-			server_respond_json_take(u->r, 200, o);
+	if (op->flag != URL_GET) {
+		struct buf sealed;
+		buf_init(&sealed, SLACK_URL_MAX + 256);
+		if (op->flag == URL_SET &&
+		    secrets_seal(op->c->master_key, "apps", op->app, "slack_url", op->secret,
+				 strlen(op->secret), &sealed) < 0) {
+			buf_free(&sealed);
+			return err_set(&tx->err, "cannot seal the Slack URL");
 		}
+		st = store_stmt(tx, "UPDATE apps SET slack_url = ? WHERE name = ?");
+		if (!st) {
+			buf_free(&sealed);
+			return -1;
+		}
+		if (op->flag == URL_SET)
+			sqlite3_bind_blob(st, 1, sealed.data, (int)sealed.len, SQLITE_TRANSIENT);
+		else
+			sqlite3_bind_null(st, 1);
+		sqlite3_bind_text(st, 2, op->app, -1, SQLITE_STATIC);
+		rc = store_step(tx, st);
+		buf_free(&sealed);
+		if (rc != SQLITE_DONE)
+			return -1;
+		configured = op->flag == URL_SET;
+		if (rollout_event_tx(tx, op->app, "slack.changed", "by=%s slack=%s",
+				     op->who[0] ? op->who : "-", configured ? "set" : "removed") < 0)
+			return -1;
 	}
-	url_req_free(u);
-}
-
-static void url_abort(struct server_req *r, void *arg)
-{
-	(void)r;
-	((struct url_req *)arg)->r = NULL;
+	op->out = cJSON_CreateObject();
+	cJSON_AddStringToObject(op->out, "app", op->app);
+	cJSON_AddBoolToObject(op->out, "slack", configured);
+	return 0;
 }
 
 /* http(s)://host/..., printable, no spaces; Slack's are https://hooks.slack.com/services/... */
@@ -817,68 +739,53 @@ static int valid_slack_url(const char *url)
 	return 1;
 }
 
-static void url_route(struct server_req *r, void *arg, enum url_op what)
+static void url_route(struct server_req *r, enum url_op what)
 {
-	struct slack *s = arg;
-	struct url_req *u = calloc(1, sizeof *u);
-	if (!u) {
-		server_respond_error(r, 503, "unavailable", "out of memory");
+	struct apiop *op = apiop_start(r, url_tx, what == URL_SET, 0);
+	if (!op)
 		return;
-	}
-	u->s = s;
-	u->r = r;
-	u->what = what;
-	snprintf(u->app, sizeof u->app, "%s", server_param(r, "app"));
-	snprintf(u->who, sizeof u->who, "%s", r->who.key_name[0] ? r->who.key_name : "-");
+	op->flag = what;
 	if (what == URL_SET) {
-		cJSON *in = server_json_body(r);
-		if (!in) {
-			url_req_free(u);
-			return;
-		}
 		static const char *const keys[] = {"url", NULL};
 		struct err err;
 		const char *url = NULL;
-		if (json_check_keys(in, keys, "body", &err) < 0 ||
-		    json_get_string(in, NULL, "url", SLACK_URL_MAX, &url, &err) < 0) {
+		if (json_check_keys(op->in, keys, "body", &err) < 0 ||
+		    json_get_string(op->in, NULL, "url", SLACK_URL_MAX, &url, &err) < 0) {
 			server_respond_error(r, 400, "bad_request", "%s", err.msg);
 		} else if (!valid_slack_url(url)) {
 			server_respond_error(r, 400, "bad_request",
 					     "url: an incoming-webhook URL, https://hooks.slack.com/"
 					     "services/... (http or https, at most %d bytes)",
 					     SLACK_URL_MAX);
-		} else if (!(u->url = strdup(url))) {
+		} else if (!(op->secret = strdup(url))) {
 			server_respond_error(r, 503, "unavailable", "out of memory");
 		} else {
 			log_redact_add(url);
 		}
-		cJSON_Delete(in);
-		if (!u->url) {
-			url_req_free(u);
+		if (!op->secret) {
+			apiop_free(op);
 			return;
 		}
 	}
-	if (store_submit(s->c->store, url_tx, url_done, u) < 0) {
-		server_respond_error(r, 503, "unavailable", "the store is busy; retry");
-		url_req_free(u);
-		return;
-	}
-	server_on_abort(r, url_abort, u);
+	apiop_submit(op);
 }
 
 static void url_put(struct server_req *r, void *arg)
 {
-	url_route(r, arg, URL_SET);
+	(void)arg;
+	url_route(r, URL_SET);
 }
 
 static void url_get(struct server_req *r, void *arg)
 {
-	url_route(r, arg, URL_GET);
+	(void)arg;
+	url_route(r, URL_GET);
 }
 
 static void url_delete(struct server_req *r, void *arg)
 {
-	url_route(r, arg, URL_CLEAR);
+	(void)arg;
+	url_route(r, URL_CLEAR);
 }
 
 int slack_register_routes(struct slack *s, struct server *srv)

@@ -25,9 +25,9 @@
  * are logged and counted as failed. The queue is not durable: a restart
  * loses what was waiting (notifications are best effort, rollouts are not).
  *
- * Ownership: slack_new returns the module (slack_free). Registration: the
- * hooks find the module of a coord through a small process-wide table filled
- * by slack_new (coord.h has no field for it); with none registered they do
+ * Ownership: slack_new returns the module (slack_free) and sets c->slack,
+ * which slack_free clears again (under a lock: the store thread reads it in
+ * slack_rollout_ended). The hooks find the module there; with none they do
  * nothing, so code paths and tests without Slack are unaffected.
  * Threads: loop thread for everything except slack_rollout_ended (any
  * thread). Nothing blocks.
@@ -68,10 +68,10 @@ struct slack_stats {
 };
 
 /* Needs c->loop, c->http and c->store (c->master_key opens the URLs); opts
- * may be NULL. Registers the module for c's hooks. NULL when out of memory. */
+ * may be NULL. Sets c->slack for the hooks. NULL when out of memory. */
 struct slack *slack_new(struct coord *c, const struct slack_opts *opts);
 
-/* Cancels what is in flight, drops the queue, unregisters. Store operations
+/* Cancels what is in flight, drops the queue, clears c->slack. Store operations
  * still outstanding finish harmlessly. NULL is fine. */
 void slack_free(struct slack *s);
 

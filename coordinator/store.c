@@ -298,6 +298,37 @@ const char *store_col_text(sqlite3_stmt *st, int col)
 	return t ? (const char *)t : "";
 }
 
+int store_bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+	return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+}
+
+int store_step_text(struct store_tx *tx, const char *sql, const char *text, sqlite3_stmt **out)
+{
+	return store_step_text2(tx, sql, text, NULL, out);
+}
+
+int store_step_text2(struct store_tx *tx, const char *sql, const char *text, const char *text2,
+		     sqlite3_stmt **out)
+{
+	sqlite3_stmt *st = *out = store_stmt(tx, sql);
+	if (!st)
+		return -1;
+	sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+	if (text2)
+		sqlite3_bind_text(st, 2, text2, -1, SQLITE_STATIC);
+	return store_step(tx, st);
+}
+
+int store_app_exists(struct store_tx *tx, const char *app)
+{
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, "SELECT 1 FROM apps WHERE name = ?", app, &st);
+	if (st)
+		sqlite3_reset(st);
+	return rc < 0 ? -1 : rc == SQLITE_ROW;
+}
+
 static int migrate(sqlite3 *db, int *version, struct err *err)
 {
 	sqlite3_stmt *st;

@@ -76,6 +76,20 @@ int store_exec(struct store_tx *tx, const char *sql);
 const char *store_col_text(sqlite3_stmt *st, int col);
 int store_step(struct store_tx *tx, sqlite3_stmt *st);
 
+/* Binds s (SQLITE_STATIC: it must outlive the step), or NULL when s is NULL. */
+int store_bind_text(sqlite3_stmt *st, int i, const char *s);
+
+/* The common one-key query: store_stmt(sql) with ?1 = text, stepped once.
+ * Returns store_step's result; *out is the statement (NULL when it could not
+ * be prepared) for reading the row. */
+int store_step_text(struct store_tx *tx, const char *sql, const char *text, sqlite3_stmt **out);
+/* The same with ?2 = text2 too. */
+int store_step_text2(struct store_tx *tx, const char *sql, const char *text, const char *text2,
+		     sqlite3_stmt **out);
+
+/* 1 when the apps table has app, 0 when not, -1 on a store error. */
+int store_app_exists(struct store_tx *tx, const char *app);
+
 int store_schema_version(const struct store *s);
 
 #endif

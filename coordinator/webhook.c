@@ -417,11 +417,8 @@ static const char SQL_FIND_DELIVERY[] = "SELECT id, status FROM deliveries WHERE
 static int record_delivery(struct store_tx *tx, void *arg)
 {
 	struct delivery *d = arg;
-	sqlite3_stmt *st = store_stmt(tx, SQL_HOOK);
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, d->hook_id, -1, SQLITE_STATIC);
-	int rc = store_step(tx, st);
+	sqlite3_stmt *st;
+	int rc = store_step_text(tx, SQL_HOOK, d->hook_id, &st);
 	if (rc < 0)
 		return -1;
 	if (rc != SQLITE_ROW) {

@@ -38,7 +38,7 @@ srcdir=$out/src # downloaded .dsc and tarballs, shared by both architectures
 BUDGET_BYTES=1500000
 # Debian releases whose source packages are pinned.
 SUITES_RE='^bookworm(-updates|-security)?$'
-DEBSRC_FILE=/etc/apt/sources.list.d/slipway-deb-src.sources
+DEBSRC_NAME=slipway-deb-src.sources # in apt's sources.list.d
 
 t_start=$(date +%s.%N)
 say() { printf 'cross[%s]: %s\n' "$arch" "$*"; }
@@ -56,7 +56,7 @@ step() {
 	# In the background, not under `if`: there errexit would be off in CMD.
 	"$@" >"$log" 2>&1 &
 	if ! wait $!; then
-		tail -40 "$log" | sed 's/^/    | /' >&2
+		tail -40 "$log" | cut -c1-300 | sed 's/^/    | /' >&2
 		die "$name failed (full log: $log)"
 	fi
 	say "$name: $(elapsed "$t0")"
@@ -122,13 +122,20 @@ entry_signed_by() {
 # Adds deb-src entries mirroring the machine's own bookworm deb entries (same
 # mirror, components and keyring) in one file of ours, for each suite that has
 # no deb-src entry elsewhere. Idempotent: the file is rewritten only when its
-# content would change, and removed when nothing is missing.
+# content would change, and removed when nothing is missing. (indextargets
+# needs --no-release-info to list anything before the first apt-get update.)
 ensure_deb_src() {
-	local debs have text="" uri rel comps entry sb
-	debs=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT) $(SOURCESENTRY)' \
-		'Identifier: Packages' | awk -v re="$SUITES_RE" '$2 ~ re' | sort -u)
+	local debs have text="" uri rel comps entry sb parts=""
+	eval "$(apt-config shell parts Dir::Etc::sourceparts/d)"
+	DEBSRC_FILE=${parts%/}/$DEBSRC_NAME
+	# shellcheck disable=SC2016 # apt's own $(FIELD) syntax
+	debs=$(apt-get indextargets --no-release-info \
+		--format '$(REPO_URI) $(RELEASE) $(COMPONENT) $(SOURCESENTRY)' 'Identifier: Packages' |
+		awk -v re="$SUITES_RE" '$2 ~ re' | sort -u)
 	[ -n "$debs" ] || die "no bookworm entries in the apt sources: this build needs Debian 12"
-	have=$(apt-get indextargets --format '$(RELEASE) $(SOURCESENTRY)' 'Identifier: Sources' |
+	# shellcheck disable=SC2016
+	have=$(apt-get indextargets --no-release-info --format '$(RELEASE) $(SOURCESENTRY)' \
+		'Identifier: Sources' |
 		grep -v " $DEBSRC_FILE:" | awk '{ print $1 }' | sort -u || true)
 	while read -r uri rel; do
 		grep -qx "$rel" <<<"$have" && continue
@@ -156,7 +163,6 @@ ensure_deb_src() {
 # ---- pinned source packages ----
 
 declare -A pin_version pin_skip
-pin_order=()
 while read -r name version opts; do
 	case $name in '' | '#'*) continue ;; esac
 	[ -n "$version" ] || die "cross/versions: no version for $name"
@@ -164,7 +170,6 @@ while read -r name version opts; do
 	pin_skip[$name]=""
 	case ${opts:-} in '' | '#'*) ;; skip=*) pin_skip[$name]=${opts#skip=} ;;
 	*) die "cross/versions: $name: unknown option \"$opts\"" ;; esac
-	pin_order+=("$name")
 done <"$versions_file"
 for name in musl zlib mbedtls curl cjson libev http-parser; do
 	[ -n "${pin_version[$name]:-}" ] || die "cross/versions: $name is not pinned"
@@ -203,8 +208,9 @@ unpack() {
 	dpkg-source --skip-patches -x "$(dsc_path "$name")" "$dir" >/dev/null
 	series=$dir/debian/patches/series
 	for s in ${pin_skip[$name]//,/ }; do
-		[ -f "$series" ] && grep -q "^$s\b" "$series" ||
+		if [ ! -f "$series" ] || ! grep -q "^$s\b" "$series"; then
 			die "cross/versions: $name: skipped patch $s is not in Debian's series"
+		fi
 	done
 	[ -f "$series" ] || return 0
 	while read -r p opt; do
@@ -221,7 +227,6 @@ unpack() {
 # ---- toolchain ----
 
 LIBCFLAGS="-Os -ffunction-sections -fdata-sections"
-build_triple=$(gcc -dumpmachine)
 case $arch in
 x86_64)
 	triple=x86_64-linux-musl
@@ -243,7 +248,8 @@ exec 9>"$adir/.lock"
 flock -n 9 || { say "waiting for another build of $arch"; flock 9; }
 
 install_packages
-toolchain_id=$(${cross_prefix}gcc -dumpmachine) toolchain_id+=" gcc $(${cross_prefix}gcc -dumpfullversion)"
+build_triple=$(gcc -dumpmachine)
+toolchain_id="$("${cross_prefix}gcc" -dumpmachine) gcc $("${cross_prefix}gcc" -dumpfullversion)"
 if [ "$arch" = x86_64 ]; then
 	# x86_64 uses Debian's musl binary package: it must be the pinned musl.
 	musl_have=$(dpkg-query -W -f='${Version}' musl-dev)
@@ -266,7 +272,7 @@ esac
 build_musl() { # aarch64 only: Debian has no musl for it as a cross toolchain
 	unpack musl
 	cd "$adir/work/musl"
-	./configure --target=aarch64 --prefix="$deps/musl" --disable-shared \
+	./configure --target=aarch64 --prefix="$deps/musl" --disable-shared --enable-wrapper=gcc \
 		CROSS_COMPILE="$cross_prefix" CC="${cross_prefix}gcc"
 	make -j"$jobs"
 	make install
@@ -377,7 +383,8 @@ if [ -f "$deps/.complete" ]; then
 		echo "$deps" >"$deps/.complete"
 	fi
 else
-	say "libraries: building into ${deps#"$top"/} (key from cross/versions, cross/build.sh, $arch, $toolchain_id)"
+	say "libraries: building into ${deps#"$top"/}"
+	say "(key from cross/versions, cross/build.sh, $arch, $toolchain_id)"
 	t_libs=$(date +%s.%N)
 	rm -rf "$deps" "$adir/work"
 	mkdir -p "$srcdir" "$deps"

@@ -3,13 +3,18 @@
 # fixed rate (wrk + tests/bench/webhook_latency.lua), each with its own
 # Idempotency-Key, each recorded durably (one group commit per batch) before its
 # answer. The app deploys another branch, so every delivery is recorded as
-# 'ignored' and nothing builds. TAP output, figures as comments.
+# 'ignored' and nothing builds.
 #
 #   tests/bench/webhook_latency.sh [BUILD_DIR] [RATE] [SECONDS]
 # (SLIPWAY_WEBHOOK_LOG_LEVEL sets the coordinator's log.level, default info:
 # one log line per delivery, as in production.)
-# Targets (issue 5): p99 <= 5 ms at 1,000 deliveries/s; deliveries in the store
-# = 2xx answers.
+#
+# A benchmark prints figures, it does not judge timings: the rate and the
+# latency percentiles are printed next to their targets (issue 5: p99 <= 5 ms
+# at 1,000 deliveries/s), whatever they are. The TAP lines check only that the
+# run itself worked: the coordinator started, every delivery was answered 2xx,
+# and every answered delivery is recorded in the store (nothing built). The
+# exit status is 0 unless one of those broke.
 set -u
 top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-${SLIPWAY_BUILD:-$top/build}}
@@ -20,7 +25,7 @@ threads=2
 conns=${SLIPWAY_WEBHOOK_CONNECTIONS:-32}
 . "$top/tests/lib/tap.sh"
 
-tap_plan 4
+tap_plan 3
 tmp=$(mktemp -d /tmp/slipway-webhook-bench-XXXXXX)
 pid=""
 cleanup() {
@@ -95,15 +100,21 @@ recorded=$(sqlite3 "$tmp/data/coordinator.db" \
 ignored=$(sqlite3 "$tmp/data/coordinator.db" \
 	"SELECT count(*) FROM deliveries WHERE app = 'bench' AND status = 'ignored'")
 builds=$(sqlite3 "$tmp/data/coordinator.db" "SELECT count(*) FROM builds")
-echo "# offered ${rate}/s for ${seconds}s: $requests answered (${achieved}/s), $ok 2xx"
-echo "# latency p50 ${p50} us, p99 ${p99} us, max ${max} us"
+echo "# offered ${rate}/s for ${seconds}s: $requests answered, $ok 2xx"
 echo "# deliveries recorded: $recorded (ignored: $ignored, builds: $builds)"
-tap_check "achieved rate within 5% of ${rate}/s (${achieved}/s), no errors" \
-	bash -c "[ -n '$requests' ] && [ $achieved -ge $((rate * 95 / 100)) ] &&
-		[ '$ok' = '$requests' ]"
-tap_check "p99 <= 5 ms (${p99} us)" bash -c "[ -n '$p99' ] && [ $p99 -le 5000 ]"
+# Figures next to their targets (issue 5); met or not, they are not a failure.
+verdict() { python3 -c "import sys; print('met' if $1 else 'not met')" 2>/dev/null || echo "?"; }
+printf '# %-22s %14s   %s\n' figure measured target
+printf '# %-22s %14s   %s (%s)\n' "delivery rate" "${achieved}/s" ">= ${rate}/s offered" \
+	"$(verdict "${achieved:-0} >= ${rate} * 0.95")"
+printf '# %-22s %14s   %s\n' "latency p50" "${p50:-?} us" "-"
+printf '# %-22s %14s   %s (%s)\n' "latency p99" "${p99:-?} us" "<= 5000 us" \
+	"$(verdict "${p99:-999999999} <= 5000")"
+printf '# %-22s %14s   %s\n' "latency max" "${max:-?} us" "-"
+tap_check "every delivery answered 2xx ($ok of $requests)" \
+	bash -c "[ -n '$requests' ] && [ '$requests' -gt 0 ] && [ '$ok' = '$requests' ]"
 # wrk stops with requests in flight: they are recorded but not counted as answered.
-tap_check "deliveries recorded ($recorded) = 2xx answers ($ok) + in flight at the end (<= $conns)" \
+tap_check "deliveries recorded ($recorded) = 2xx answers ($ok) + in flight at the end (<= $conns), no build" \
 	bash -c "[ -n '$ok' ] && [ $recorded -ge $ok ] && [ $((recorded - ok)) -le $conns ] &&
 		[ $builds -eq 0 ]"
 tap_done

@@ -54,6 +54,7 @@ Control (unsigned, under /_fake/):
                        missing (from 1 to the highest)
   GET  /_fake/events?group=G&stream=S   the stored events of one stream
   GET  /_fake/rate     events accepted per wall second (for benchmarks)
+  GET  /_fake/batches?group=G&stream=S   [wall time, events] of each accepted put
 
 Usage: cloudwatch.py [--region R] [--access-key K --secret-key S [--token T]]
 Binds 127.0.0.1:0 and prints its port on the first line of stdout.
@@ -93,7 +94,7 @@ class AwsError(Exception):
 
 class Stream:
     __slots__ = ("name", "created", "events", "count", "bytes", "seqs", "first_ts", "last_ts",
-                 "last_ingest")
+                 "first_ingest", "last_ingest", "first_wall", "last_wall", "batches")
 
     def __init__(self, name, now):
         self.name = name
@@ -104,7 +105,11 @@ class Stream:
         self.seqs = {}          # kind -> list of seq numbers ("log", "logflood", ...)
         self.first_ts = None
         self.last_ts = None
+        self.first_ingest = None
         self.last_ingest = None
+        self.first_wall = None   # time.time() of the first and last stored batch
+        self.last_wall = None
+        self.batches = []        # (wall time, events stored) per accepted put
 
 
 class State:
@@ -474,6 +479,13 @@ def op_put_log_events(doc, fault):
                     kind = msg.split(" ", 2)[1] if msg.startswith("testsrv ") else "seq"
                     st.seqs.setdefault(kind, []).append(int(m.group(1)))
         st.last_ingest = now
+        if kept:
+            wall = time.time()
+            if st.first_wall is None:
+                st.first_wall = wall
+            st.last_wall = wall
+            if len(st.batches) < 1000000:
+                st.batches.append((wall, len(kept)))
         S.accepted += len(kept)
         S.rejected += n - len(kept)
         sec = int(time.time())
@@ -548,7 +560,8 @@ def summary():
                                   "missing": hi - len([x for x in distinct if 1 <= x <= hi]),
                                   "ordered": all(lst[i] < lst[i + 1] for i in range(len(lst) - 1))}
                 out.append({"group": gname, "stream": sname, "retention": g["retention"],
-                            "count": st.count, "bytes": st.bytes, "seqs": seqs})
+                            "count": st.count, "bytes": st.bytes, "seqs": seqs,
+                            "first_wall": st.first_wall, "last_wall": st.last_wall})
     return out
 
 
@@ -602,6 +615,13 @@ def control(handler, method, path, query, body):
     if method == "GET" and path == "/_fake/rate":
         with S.lock:
             return {"rate": {str(k): v for k, v in sorted(S.rate.items())}}
+    if method == "GET" and path == "/_fake/batches":
+        q = urllib.parse.parse_qs(query)
+        g, s = q.get("group", [""])[0], q.get("stream", [""])[0]
+        with S.lock:
+            grp = S.groups.get(g)
+            st = grp["streams"].get(s) if grp else None
+            return {"batches": list(st.batches) if st else []}
     if method == "GET" and path == "/_fake/events":
         q = urllib.parse.parse_qs(query)
         g, s = q.get("group", [""])[0], q.get("stream", [""])[0]

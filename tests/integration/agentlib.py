@@ -24,7 +24,10 @@ import urllib.request
 TOP = os.environ.get("SLIPWAY_TOP") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.environ.get("SLIPWAY_BUILD", os.path.join(TOP, "build"))
-AGENT = os.path.join(BUILD if os.path.isabs(BUILD) else os.path.join(TOP, BUILD), "slipway-agent")
+# SLIPWAY_AGENT_BIN runs the tests against another agent binary (the static
+# one: build/cross/x86_64/slipway-agent); relative paths are from the top.
+AGENT = os.path.join(TOP, os.environ.get("SLIPWAY_AGENT_BIN")
+                     or os.path.join(BUILD, "slipway-agent"))
 FAKE = os.path.join(TOP, "tests", "fakes", "coordinator.py")
 DOCKER_SOCK = os.environ.get("SLIPWAY_DOCKER_SOCKET", "/var/run/docker.sock")
 LABEL = os.environ.get("SLIPWAY_TEST_LABEL", "")

@@ -237,3 +237,36 @@ def free_socket_port():
     p = s.getsockname()[1]
     s.close()
     return p
+
+
+def aws_call(cw, op, doc, region="us-east-1"):
+    """A SigV4-signed JSON 1.1 request to the fake, as an SDK would send it
+    (tests read back with DescribeLogStreams and GetLogEvents)."""
+    import datetime
+    import hashlib
+    import hmac
+    body = json.dumps(doc).encode()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    amz, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    host = f"127.0.0.1:{cw.port}"
+    headers = {"content-type": "application/x-amz-json-1.1", "host": host, "x-amz-date": amz,
+               "x-amz-target": f"Logs_20140328.{op}"}
+    signed = ";".join(sorted(headers))
+    creq = "\n".join(["POST", "/", "", "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)),
+                      signed, hashlib.sha256(body).hexdigest()])
+    scope = f"{date}/{region}/logs/aws4_request"
+    sts = "\n".join(["AWS4-HMAC-SHA256", amz, scope, hashlib.sha256(creq.encode()).hexdigest()])
+    k = ("AWS4" + SECRET).encode()
+    for part in (date, region, "logs", "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    sig = hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
+    h = {"Content-Type": headers["content-type"], "X-Amz-Date": amz,
+         "X-Amz-Target": headers["x-amz-target"],
+         "Authorization": f"AWS4-HMAC-SHA256 Credential={AKID}/{scope}, SignedHeaders={signed}, "
+                          f"Signature={sig}"}
+    c = http.client.HTTPConnection("127.0.0.1", cw.port, timeout=30)
+    c.request("POST", "/", body=body, headers=h)
+    r = c.getresponse()
+    out = json.loads(r.read() or b"{}")
+    c.close()
+    return r.status, out

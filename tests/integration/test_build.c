@@ -3,7 +3,8 @@
  * key) -> Docker build -> push to the harness registry -> release, through
  * the webhook, builder, server, store and releases modules in one process.
  * Also: duplicate deliveries, a stale push, a force-push, a failing
- * Dockerfile, cancel, timeout, 401/404/413.
+ * Dockerfile, cancel, timeout, 401/404/413, and a build whose release cannot be
+ * made (it fails: a complete build always has its release).
  *
  * Needs the environment of tests/integration/harness.sh (tests/run sources
  * it): SLIPWAY_TEST_REGISTRY, SLIPWAY_TEST_BASE_IMAGE, SLIPWAY_TEST_RUN_ID;
@@ -821,6 +822,60 @@ static void test_upload_builds(void **state)
 			       "sha256:"));
 }
 
+/* The build completes and its release is made in ONE transaction: when the
+ * release cannot be made (here: the app's sealed environment does not open),
+ * the build fails with why, and a complete build without a release is never
+ * seen. */
+static void test_release_refused_fails_build(void **state)
+{
+	(void)state;
+	char path[512];
+	snprintf(path, sizeof path, "%s/upload2.tar.gz", T.dir);
+	assert_int_equal(sh("set -e; mkdir -p %s/up2; cd %s/up2; "
+			    "printf 'FROM %s\\nCOPY up.txt /up.txt\\n' > Dockerfile; "
+			    "printf 'services:\\n  web:\\n    build: .\\n' > slipway.yml; "
+			    "echo uploaded > up.txt; tar czf %s .",
+			    T.dir, T.dir, T.base_image, path),
+			 0);
+	char env[4096];
+	snprintf(env, sizeof env, "%s",
+		 query("SELECT hex(environment) FROM apps WHERE name = '%s'", T.app));
+	query("UPDATE apps SET environment = X'00' WHERE name = '%s'", T.app);
+	struct upload u = {"b_upload0002", path};
+	struct err e;
+	assert_int_equal(store_run(T.c.store, insert_upload, &u, &e), 0);
+	builder_kick(T.c.builder);
+	int64_t deadline = clock_mono_ms() + 300000;
+	const char *status = "";
+	int seen_complete = 0;
+	while (clock_mono_ms() < deadline) {
+		status = query("SELECT status FROM builds WHERE id = 'b_upload0002'");
+		seen_complete |= !strcmp(status, "complete");
+		if (!strcmp(status, "failed") && builder_running(T.c.builder) == 0)
+			break;
+		ev_run(T.loop, EVRUN_ONCE);
+	}
+	if (env[0])
+		query("UPDATE apps SET environment = X'%s' WHERE name = '%s'", env, T.app);
+	else
+		query("UPDATE apps SET environment = NULL WHERE name = '%s'", T.app);
+	assert_false(seen_complete);
+	assert_string_equal(status, "failed");
+	const char *error = query("SELECT error FROM builds WHERE id = 'b_upload0002'");
+	if (strncmp(error, "no release: ", 12) != 0)
+		print_error("error: %s\n", error);
+	assert_int_equal(strncmp(error, "no release: ", 12), 0);
+	assert_string_equal(query("SELECT coalesce(release, '-') FROM builds WHERE id = "
+				  "'b_upload0002'"),
+			    "-");
+	assert_string_equal(query("SELECT count(*) FROM releases WHERE build = 'b_upload0002'"),
+			    "0");
+	/* The builds that did complete all have their release. */
+	assert_string_equal(query("SELECT count(*) FROM builds WHERE status = 'complete' AND "
+				  "release IS NULL"),
+			    "0");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -834,6 +889,7 @@ int main(void)
 		cmocka_unit_test(test_timeout),
 		cmocka_unit_test(test_http_errors),
 		cmocka_unit_test(test_upload_builds),
+		cmocka_unit_test(test_release_refused_fails_build),
 	};
 	return cmocka_run_group_tests_name("build", tests, group_setup, group_teardown);
 }

@@ -44,6 +44,40 @@ static void test_json_string(void **state)
 	buf_free(&b);
 }
 
+/* The fast payload hash equals the reference one (crypto_sha256) at every
+ * length around the block and padding edges; FIPS 180-2 appendix B vectors. */
+static void test_payload_hash(void **state)
+{
+	(void)state;
+	char a[65], b[65];
+	cwlogs_sha256_hex("abc", 3, a, 1);
+	assert_string_equal(a, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	const char *m2 = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+	cwlogs_sha256_hex(m2, strlen(m2), a, 1);
+	assert_string_equal(a, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+	cwlogs_sha256_hex("", 0, a, 1);
+	assert_string_equal(a, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+	size_t big = (size_t)3 << 20;
+	unsigned char *data = malloc(big);
+	uint64_t x = 0x243f6a8885a308d3ull;
+	for (size_t i = 0; i < big; i++) {
+		x = x * 6364136223846793005ull + 1442695040888963407ull;
+		data[i] = (unsigned char)(x >> 56);
+	}
+	for (size_t len = 0; len <= 300; len++) {
+		cwlogs_sha256_hex(data, len, a, 1);
+		cwlogs_sha256_hex(data, len, b, 0);
+		assert_string_equal(a, b);
+	}
+	size_t sizes[] = {4095, 4096, 65537, 1048576, big};
+	for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+		cwlogs_sha256_hex(data + 1, sizes[i] - 1, a, 1); /* unaligned too */
+		cwlogs_sha256_hex(data + 1, sizes[i] - 1, b, 0);
+		assert_string_equal(a, b);
+	}
+	free(data);
+}
+
 static void test_put_body(void **state)
 {
 	(void)state;
@@ -412,6 +446,7 @@ int main(void)
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_json_string),
+		cmocka_unit_test(test_payload_hash),
 		cmocka_unit_test(test_put_body),
 		cmocka_unit_test(test_parse_error),
 		cmocka_unit_test(test_parse_rejected),

@@ -2,8 +2,10 @@
  * slack: message text and fields, the bounded queue (drop oldest), retries
  * (429 after Retry-After, 5xx with backoff, 4xx given up), and the hooks from
  * the store (a failed build; rollouts read after their commit, including a
- * real rollout started through rollout.c) against a scripted incoming webhook
- * in this process (common/httpd).
+ * real rollout started through rollout.c; a queued build cancelled by hand and
+ * builds a crash interrupted, through builder.c) against a scripted incoming
+ * webhook in this process (common/httpd), and the notifier's place in the
+ * coord (c->slack).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +13,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "builder.h"
 #include "coord_fixture.h"
 #include "crypto.h"
 #include "httpd.h"
@@ -333,6 +336,15 @@ static void settle(void)
 	run_until(idle, 10000);
 }
 
+/* The same without a notifier to wait for. */
+static void settle_quiet(void)
+{
+	for (int i = 0; i < 3; i++) {
+		ev_run(S.f.loop, EVRUN_NOWAIT);
+		fx_drain(&S.f);
+	}
+}
+
 static const char *text_of(size_t i)
 {
 	static char text[4096];
@@ -430,6 +442,63 @@ static void test_rollout_c_calls_the_hook(void **state)
 	slack_free(s);
 }
 
+/* The notifier lives in the coord (coord.h), not in a process-wide table. */
+static void test_coord_field(void **state)
+{
+	(void)state;
+	assert_null(S.f.c.slack);
+	struct slack *s = slack_new(&S.f.c, &fast);
+	assert_ptr_equal(S.f.c.slack, s);
+	slack_free(s);
+	assert_null(S.f.c.slack);
+	/* Without one the hooks do nothing (and do not crash). */
+	slack_build_failed(&S.f.c, "b_1");
+	slack_rollout_ended(&S.f.c, "ro_1");
+	settle_quiet();
+	assert_int_equal(S.ngot, 0);
+}
+
+/* Builds that fail outside the builder's finish path are told too: a queued
+ * build cancelled by hand, and builds a crash interrupted (start-up). */
+static void test_cancelled_and_interrupted_builds(void **state)
+{
+	(void)state;
+	struct slack *s = the_slack = slack_new(&S.f.c, &fast);
+	fx_app(&S.f, "web", "all");
+	set_url("web", S.url);
+	struct err err;
+	struct builder *b = S.f.c.builder = builder_new(&S.f.c, &err);
+	assert_non_null(b);
+	fx_exec(&S.f, "INSERT INTO builds(id, app, status, source, description, created_ms) "
+		      "VALUES ('b_queued', 'web', 'created', 'upload', 'upload by ci', 1000)");
+	fx_exec(&S.f, "INSERT INTO builds(id, app, status, source, sha, author, created_ms, "
+		      "started_ms) VALUES ('b_crashed', 'web', 'running', 'push', 'feedfacecafe', "
+		      "'dave', 1000, 2000)");
+	assert_int_equal(builder_cancel(b, "b_queued"), 0);
+	settle();
+	assert_int_equal(S.ngot, 1);
+	assert_non_null(strstr(text_of(0), "*web*: build b_queued failed: cancelled"));
+	assert_string_equal(fx_text(&S.f, "SELECT status FROM builds WHERE id = 'b_queued'"),
+			    "failed");
+	/* Cancelling it again: it already ended, nothing more. */
+	assert_int_equal(builder_cancel(b, "b_queued"), 0);
+	settle();
+	assert_int_equal(S.ngot, 1);
+
+	builder_recover(&S.f.c);
+	settle();
+	assert_string_equal(fx_text(&S.f, "SELECT status FROM builds WHERE id = 'b_crashed'"),
+			    "failed");
+	assert_int_equal(S.ngot, 2);
+	const char *t = text_of(1);
+	assert_non_null(strstr(t, "*web*: build b_crashed failed: the coordinator stopped while "
+				  "the build was running"));
+	assert_non_null(strstr(t, "commit feedface by dave"));
+	builder_free(b);
+	S.f.c.builder = NULL;
+	slack_free(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -441,6 +510,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_build_failed_hook, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rollout_hook, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rollout_c_calls_the_hook, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_coord_field, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cancelled_and_interrupted_builds, setup,
+						teardown),
 	};
 	return cmocka_run_group_tests_name("slack", tests, NULL, NULL);
 }
