@@ -13,6 +13,7 @@
 #include "backoff.h"
 #include "buf.h"
 #include "clock.h"
+#include "dlist.h"
 #include "http_client.h"
 #include "journal.h"
 #include "json.h"
@@ -107,10 +108,7 @@ static struct creq *new_req(struct coord_client *cc, enum kind kind, const char 
 	snprintf(r->suffix, sizeof r->suffix, "%s", suffix);
 	ev_timer_init(&r->timer, on_retry_timer, 0.0, 0.0);
 	r->timer.data = r;
-	r->next = cc->reqs;
-	if (cc->reqs)
-		cc->reqs->prev = r;
-	cc->reqs = r;
+	DLIST_PUSH(cc->reqs, r);
 	return r;
 }
 
@@ -120,12 +118,7 @@ static void free_req(struct creq *r)
 	if (r->http_id)
 		http_client_cancel(cc->http, r->http_id);
 	ev_timer_stop(cc->loop, &r->timer);
-	if (r->prev)
-		r->prev->next = r->next;
-	else
-		cc->reqs = r->next;
-	if (r->next)
-		r->next->prev = r->prev;
+	DLIST_UNLINK(cc->reqs, r);
 	if (cc->registering == r)
 		cc->registering = NULL;
 	if (cc->poll == r)
@@ -884,6 +877,18 @@ void coord_client_set_draining(struct coord_client *cc, bool draining)
 const char *coord_client_agent_id(const struct coord_client *cc)
 {
 	return cc->registered ? cc->agent_id : "";
+}
+
+const char *coord_client_token(const struct coord_client *cc)
+{
+	return cc->registered ? cc->token : "";
+}
+
+void coord_client_identity(void *ctx, const char **agent_id, const char **token)
+{
+	const struct coord_client *cc = ctx;
+	*agent_id = coord_client_agent_id(cc);
+	*token = coord_client_token(cc);
 }
 
 int64_t coord_client_lease_s(const struct coord_client *cc) { return cc->lease_s; }

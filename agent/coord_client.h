@@ -91,6 +91,15 @@ void coord_client_get_desired(struct coord_client *cc, coord_desired_fn done, vo
 
 void coord_client_set_draining(struct coord_client *cc, bool draining);
 
+/* The per-agent token ("" before registration). It changes when the agent
+ * registers again (a 401 or 404, a lost state); other senders of agent
+ * requests (logdest) ask for it before every request rather than keep a
+ * copy. The string stays valid until the next registration. */
+const char *coord_client_token(const struct coord_client *cc);
+/* Both at once, with the signature logdest_identity_fn wants (ctx is the
+ * coord_client). */
+void coord_client_identity(void *cc, const char **agent_id, const char **token);
+
 /* Status for logs and tests. */
 const char *coord_client_agent_id(const struct coord_client *cc); /* "" before registration */
 int64_t coord_client_lease_s(const struct coord_client *cc);

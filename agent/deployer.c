@@ -73,6 +73,8 @@ struct deployer {
 	struct ev_loop *loop;
 	struct deployer_coord coord;
 	struct deployer_runner runner;
+	deployer_swap_end_fn on_swap_end;
+	void *swap_end_arg;
 	struct journal *journal;
 	const char *crash_at;
 	struct djob *head, *tail;
@@ -230,6 +232,16 @@ static cJSON *job_record(const struct djob *j, const char *t)
 	return r;
 }
 
+/* What the job, result and snapshot records say about the job itself. */
+static void add_job_fields(cJSON *r, const struct djob *j)
+{
+	cJSON_AddStringToObject(r, "app", j->app);
+	cJSON_AddNumberToObject(r, "gen", (double)j->gen);
+	cJSON_AddStringToObject(r, "type", type_name(j->type));
+	cJSON_AddStringToObject(r, "release", j->release);
+	cJSON_AddStringToObject(r, "lease", j->lease);
+}
+
 /* After a job was forgotten: the highest generation still accepted. */
 static void recompute_seen(struct deployer *d, struct dapp *a)
 {
@@ -289,15 +301,22 @@ static void send_ack(struct deployer *d, struct djob *j)
 
 static void run_next(struct deployer *d, struct dapp *a);
 
+/* A record of j is on disk. False while the deployer stops (callbacks only
+ * tidy up then); otherwise the crash test hook gets its chance at `step`. */
+static bool record_durable(struct djob *j, const char *step)
+{
+	j->jpending--;
+	if (j->d->stopping)
+		return false;
+	crash_hook(j->d, step);
+	return true;
+}
+
 static void on_result_durable(void *arg)
 {
 	struct djob *j = arg;
-	struct deployer *d = j->d;
-	j->jpending--;
-	if (d->stopping)
-		return;
-	crash_hook(d, "done");
-	send_ack(d, j);
+	if (record_durable(j, "done"))
+		send_ack(j->d, j);
 }
 
 /* Applies a result to the app's state (replay and live). */
@@ -346,11 +365,7 @@ static void finish(struct deployer *d, struct djob *j, const char *result, const
 		j->app[0] ? j->app : "-", (long long)j->gen, result, (long long)j->duration_ms,
 		j->reason ? " reason=\"" : "", j->reason ? j->reason : "", j->reason ? "\"" : "");
 	cJSON *rec = job_record(j, "result");
-	cJSON_AddStringToObject(rec, "app", j->app);
-	cJSON_AddNumberToObject(rec, "gen", (double)j->gen);
-	cJSON_AddStringToObject(rec, "type", type_name(j->type));
-	cJSON_AddStringToObject(rec, "release", j->release);
-	cJSON_AddStringToObject(rec, "lease", j->lease);
+	add_job_fields(rec, j);
 	cJSON_AddStringToObject(rec, "result", result);
 	cJSON_AddStringToObject(rec, "reason", j->reason ? j->reason : "");
 	cJSON_AddNumberToObject(rec, "duration_ms", (double)j->duration_ms);
@@ -373,13 +388,8 @@ static void swap_done_hook(void *arg, const struct swap_outcome *o);
 static void on_step_durable(void *arg)
 {
 	struct djob *j = arg;
-	struct deployer *d = j->d;
-	j->jpending--;
-	if (d->stopping)
-		return;
-	crash_hook(d, j->step);
-	if (j->swap)
-		d->runner.proceed(j->swap);
+	if (record_durable(j, j->step) && j->swap)
+		j->d->runner.proceed(j->swap);
 }
 
 static void swap_step_hook(void *arg, struct swap *s, const char *step, cJSON *detail)
@@ -446,14 +456,10 @@ static void start_swap(struct deployer *d, struct djob *j, struct dapp *a)
 static void on_job_durable(void *arg)
 {
 	struct djob *j = arg;
-	struct deployer *d = j->d;
-	j->jpending--;
-	if (d->stopping)
+	if (!record_durable(j, "begin"))
 		return;
-	crash_hook(d, "begin");
 	j->state = J_RUNNING;
-	struct dapp *a = find_app(d, j->app);
-	start_swap(d, j, a);
+	start_swap(j->d, j, find_app(j->d, j->app));
 }
 
 static void run_job(struct deployer *d, struct dapp *a, struct djob *j)
@@ -470,11 +476,7 @@ static void run_job(struct deployer *d, struct dapp *a, struct djob *j)
 	log_info("deployer.job_start", "job=%s app=%s type=%s generation=%lld release=%s", j->id,
 		 j->app, type_name(j->type), (long long)j->gen, j->release[0] ? j->release : "-");
 	cJSON *rec = job_record(j, "job");
-	cJSON_AddStringToObject(rec, "app", j->app);
-	cJSON_AddNumberToObject(rec, "gen", (double)j->gen);
-	cJSON_AddStringToObject(rec, "type", type_name(j->type));
-	cJSON_AddStringToObject(rec, "release", j->release);
-	cJSON_AddStringToObject(rec, "lease", j->lease);
+	add_job_fields(rec, j);
 	cJSON_AddNumberToObject(rec, "lease_s", (double)j->lease_s);
 	j->jpending++;
 	if (journal(d, rec, on_job_durable, j) < 0) {
@@ -532,8 +534,10 @@ static void swap_done_hook(void *arg, const struct swap_outcome *o)
 		free_job(d, j);
 		recompute_seen(d, a);
 	} else {
-		finish(d, j, o->status == SWAP_OK ? "succeeded" : "failed", o->reason,
-		       o->output_tail, o->routes);
+		const char *outcome = o->status == SWAP_OK ? "succeeded" : "failed";
+		if (j->begin_mono && d->on_swap_end)
+			d->on_swap_end(d->swap_end_arg, j->app, outcome, now_ms() - j->begin_mono);
+		finish(d, j, outcome, o->reason, o->output_tail, o->routes);
 	}
 	run_next(d, a);
 }
@@ -818,11 +822,7 @@ int deployer_snapshot(cJSON *out, void *arg)
 		if (j->state == J_WAITING || j->state == J_STARTING)
 			continue;
 		cJSON *r = job_record(j, "jobsnap");
-		cJSON_AddStringToObject(r, "app", j->app);
-		cJSON_AddNumberToObject(r, "gen", (double)j->gen);
-		cJSON_AddStringToObject(r, "type", type_name(j->type));
-		cJSON_AddStringToObject(r, "release", j->release);
-		cJSON_AddStringToObject(r, "lease", j->lease);
+		add_job_fields(r, j);
 		cJSON_AddNumberToObject(r, "lease_s", (double)j->lease_s);
 		cJSON_AddStringToObject(r, "step", j->step);
 		if (j->started)
@@ -858,6 +858,8 @@ struct deployer *deployer_new(const struct deployer_opts *opts, struct err *err)
 	d->loop = opts->loop;
 	d->coord = opts->coord;
 	d->runner = opts->runner;
+	d->on_swap_end = opts->on_swap_end;
+	d->swap_end_arg = opts->swap_end_arg;
 	d->crash_at = opts->crash_at;
 	d->tick_ms = opts->tick_ms > 0 ? opts->tick_ms : 250;
 	ev_timer_init(&d->tick, on_tick, (double)d->tick_ms / 1000.0,

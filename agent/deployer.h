@@ -92,10 +92,19 @@ struct deployer_runner {
 	void *ctx;
 };
 
+/* A swap this process started has ended, with outcome "succeeded" or
+ * "failed" and its duration from the job's start (waiting for the journal
+ * included). Swaps completed or undone at recovery are not reported: their
+ * start was in another process. For the health metrics (metrics_swap). */
+typedef void (*deployer_swap_end_fn)(void *arg, const char *app, const char *outcome,
+				     int64_t duration_ms);
+
 struct deployer_opts {
 	struct ev_loop *loop;
 	struct deployer_coord coord;
 	struct deployer_runner runner;
+	deployer_swap_end_fn on_swap_end; /* may be NULL */
+	void *swap_end_arg;
 	const char *crash_at;       /* test hook: SIGKILL self right after journalling this step */
 	int64_t tick_ms;            /* lease-extension check interval; 0 = 250 */
 };

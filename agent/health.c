@@ -165,6 +165,8 @@ static void probe_http(struct health_probe *p)
 		.timeout_ms = p->spec.timeout_ms,
 		.connect_timeout_ms = p->spec.timeout_ms,
 		.max_body = (size_t)64 << 10,
+		/* Probes end with the swap and the containers go: keep no connection. */
+		.no_reuse = true,
 		.on_done = on_http,
 		.arg = p,
 	};

@@ -1,24 +1,21 @@
 #include "logdest.h"
 
 #include <ev.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "backoff.h"
 #include "cwlogs.h"
+#include "dlist.h"
 #include "http_client.h"
 #include "json.h"
-#include "log.h"
 
 #define COORD_LOGS_BODY_MAX ((size_t)4 << 20)   /* the protocol's cap on POST .../logs */
 #define COORD_BODY_SLACK ((size_t)64 << 10)     /* names, keys and framing per batch */
-#define IDENTITY_MAX ((size_t)16 << 10)
-#define TOKEN_MAX 512
+#define AUTH_MAX 1024                           /* "Authorization: Bearer <token>" */
 
 enum kind { D_CLOUDWATCH, D_COORD };
 
@@ -52,13 +49,11 @@ struct logdest {
 	struct http_client *http;
 	char *url;
 	char *ca_file;
-	char *identity_path;
+	logdest_identity_fn identity;
+	void *identity_ctx;
 	int64_t timeout_ms;
 	struct backoff_policy retry;
 	int unreachable_attempts;
-	char agent_id[128];
-	char token[TOKEN_MAX];
-	char auth[TOKEN_MAX + 32];
 };
 
 static struct send *send_new(struct logdest *d, logdest_done_fn done, void *arg)
@@ -70,10 +65,7 @@ static struct send *send_new(struct logdest *d, logdest_done_fn done, void *arg)
 	s->id = d->next_id++;
 	s->done = done;
 	s->arg = arg;
-	s->next = d->sends;
-	if (d->sends)
-		d->sends->prev = s;
-	d->sends = s;
+	DLIST_PUSH(d->sends, s);
 	return s;
 }
 
@@ -88,12 +80,7 @@ static void send_free(struct send *s)
 		else
 			http_client_cancel(d->http, s->sub_id);
 	}
-	if (s->prev)
-		s->prev->next = s->next;
-	else
-		d->sends = s->next;
-	if (s->next)
-		s->next->prev = s->prev;
+	DLIST_UNLINK(d->sends, s);
 	free(s->events);
 	free(s->body);
 	free(s);
@@ -175,37 +162,6 @@ int logdest_coord_body(struct buf *out, const struct logdest_stream *st,
 	return rc ? -1 : 0;
 }
 
-static int load_identity(struct logdest *d)
-{
-	int fd = open(d->identity_path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	char text[IDENTITY_MAX];
-	ssize_t n = read(fd, text, sizeof text);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	cJSON *doc = json_parse(text, (size_t)n, IDENTITY_MAX, NULL);
-	const char *id = NULL, *token = NULL, *url = NULL;
-	int rc = -1;
-	if (doc && json_get_string(doc, NULL, "agent_id", sizeof d->agent_id - 1, &id, NULL) == 0 &&
-	    json_get_string(doc, NULL, "token", TOKEN_MAX - 1, &token, NULL) == 0 &&
-	    json_get_string_opt(doc, NULL, "url", 4096, NULL, &url, NULL) == 0 && token[0] &&
-	    (!url || strcmp(url, d->url) == 0)) {
-		if (strcmp(token, d->token) != 0) {
-			if (d->token[0])
-				log_redact_remove(d->token);
-			snprintf(d->token, sizeof d->token, "%s", token);
-			log_redact_add(d->token);
-		}
-		snprintf(d->agent_id, sizeof d->agent_id, "%s", id);
-		snprintf(d->auth, sizeof d->auth, "Authorization: Bearer %s", d->token);
-		rc = 0;
-	}
-	cJSON_Delete(doc);
-	return rc;
-}
-
 static void coord_attempt(struct send *s);
 
 static void on_coord_delay(struct ev_loop *loop, ev_timer *t, int revents)
@@ -276,7 +232,8 @@ static void on_coord_http(const struct http_response *resp, void *arg)
 		return;
 	}
 	if (st == 401 || st == 404) {
-		/* The coordinator client registers again and rewrites the identity. */
+		/* The coordinator client registers again; the next attempt asks it
+		 * for the new token. */
 		if (!s->auth_retried) {
 			s->auth_retried = true;
 			coord_later(s, backoff_delay(&d->retry, 1));
@@ -295,18 +252,23 @@ static void on_coord_http(const struct http_response *resp, void *arg)
 static void coord_attempt(struct send *s)
 {
 	struct logdest *d = s->d;
-	if (!d->token[0] || s->auth_retried) {
-		if (load_identity(d) < 0 && !d->token[0]) {
-			snprintf(s->msg, sizeof s->msg, "not registered with the coordinator yet "
-				 "(no %s)", d->identity_path);
-			coord_fail(s);
-			return;
-		}
+	const char *agent_id = "", *token = "";
+	d->identity(d->identity_ctx, &agent_id, &token);
+	char url[4096 + 256], auth[AUTH_MAX];
+	if (!*agent_id || !*token) {
+		snprintf(s->msg, sizeof s->msg, "not registered with the coordinator yet");
+		coord_fail(s);
+		return;
 	}
-	char url[4096 + 256];
-	snprintf(url, sizeof url, "%s/v1/agents/%s%s", d->url, d->agent_id, s->path);
+	if (snprintf(url, sizeof url, "%s/v1/agents/%s%s", d->url, agent_id, s->path) >=
+		    (int)sizeof url ||
+	    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token) >= (int)sizeof auth) {
+		snprintf(s->msg, sizeof s->msg, "agent id or token too long");
+		report(s, LOGDEST_UNREACHABLE, 0);
+		return;
+	}
 	const char *headers[] = {"Slipway-Protocol: 1", "Content-Type: application/json",
-				 "Accept: application/json", d->auth, NULL};
+				 "Accept: application/json", auth, NULL};
 	struct http_request req = {
 		.method = "POST",
 		.url = url,
@@ -328,8 +290,8 @@ static void coord_attempt(struct send *s)
 
 struct logdest *logdest_coordinator(const struct logdest_coord_opts *o, struct err *err)
 {
-	if (!o || !o->loop || !o->http || !o->url || !o->identity_path) {
-		err_set(err, "logdest: loop, http, url and identity path are required");
+	if (!o || !o->loop || !o->http || !o->url || !o->identity) {
+		err_set(err, "logdest: loop, http, url and identity are required");
 		return NULL;
 	}
 	struct logdest *d = calloc(1, sizeof *d);
@@ -342,7 +304,8 @@ struct logdest *logdest_coordinator(const struct logdest_coord_opts *o, struct e
 	d->http = o->http;
 	d->url = strdup(o->url);
 	d->ca_file = o->ca_file ? strdup(o->ca_file) : NULL;
-	d->identity_path = strdup(o->identity_path);
+	d->identity = o->identity;
+	d->identity_ctx = o->identity_ctx;
 	d->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 30000;
 	d->retry.base_ms = o->retry_base_ms > 0 ? o->retry_base_ms : 1000;
 	d->retry.cap_ms = o->retry_cap_ms > 0 ? o->retry_cap_ms : 30000;
@@ -350,7 +313,7 @@ struct logdest *logdest_coordinator(const struct logdest_coord_opts *o, struct e
 	d->next_id = 1;
 	/* Escaped messages must fit the sink's 4 MiB body cap. */
 	d->limits.max_json = COORD_LOGS_BODY_MAX - COORD_BODY_SLACK;
-	if (!d->url || !d->identity_path || (o->ca_file && !d->ca_file)) {
+	if (!d->url || (o->ca_file && !d->ca_file)) {
 		logdest_free(d);
 		err_set(err, "out of memory");
 		return NULL;
@@ -367,13 +330,8 @@ void logdest_free(struct logdest *d)
 		return;
 	while (d->sends)
 		send_free(d->sends);
-	if (d->token[0])
-		log_redact_remove(d->token);
-	memset(d->token, 0, sizeof d->token);
-	memset(d->auth, 0, sizeof d->auth);
 	free(d->url);
 	free(d->ca_file);
-	free(d->identity_path);
 	free(d);
 }
 

@@ -9,10 +9,11 @@
  * app for the coordinator), LOGDEST_UNREACHABLE (try again later: the
  * shipper spools) and LOGDEST_REFUSED (never accepted as it is).
  *
- * The coordinator destination authenticates with the agent's token, read
- * from the identity file the coordinator client keeps (<state_dir>/
- * identity.json, 0600): read when first needed and again after a 401 or
- * 404 (the client registers again and rewrites it). Its retries: transport
+ * The coordinator destination authenticates with the agent's id and token,
+ * asked of the coordinator client (coord_client_identity) before every
+ * request, so a registration that changed them (after a 401 or 404) is
+ * picked up by the next attempt; a 401 or 404 is tried once more after a
+ * short delay for that. Its retries: transport
  * errors and 5xx with full-jitter backoff, unreachable_attempts of them
  * before LOGDEST_UNREACHABLE; 429 after Retry-After for as long as it
  * lasts; 400 and 413 are LOGDEST_REFUSED (the sink refuses a bad batch
@@ -20,8 +21,7 @@
  *
  * Ownership: a batch passed to logdest_send must stay unchanged until done
  * runs (CloudWatch rebuilds its body per attempt from it). The cwlogs
- * client is borrowed. Threads: the loop thread only; nothing blocks but the
- * small identity file read.
+ * client is borrowed. Threads: the loop thread only; nothing blocks.
  */
 #ifndef SLIPWAY_AGENT_LOGDEST_H
 #define SLIPWAY_AGENT_LOGDEST_H
@@ -62,12 +62,17 @@ struct logdest_stream {
 
 struct logdest *logdest_cloudwatch(struct cwlogs *cw);
 
+/* The agent's id and token now ("" for both while it is not registered);
+ * the strings need only last until the call returns. */
+typedef void (*logdest_identity_fn)(void *ctx, const char **agent_id, const char **token);
+
 struct logdest_coord_opts {
 	struct ev_loop *loop;
 	struct http_client *http;
 	const char *url;              /* coordinator base URL */
 	const char *ca_file;          /* NULL: system bundle */
-	const char *identity_path;    /* <state_dir>/identity.json */
+	logdest_identity_fn identity; /* required: coord_client_identity in the agent */
+	void *identity_ctx;
 	int64_t timeout_ms;           /* 0 = 30000 */
 	int64_t retry_base_ms;        /* 0 = 1000 */
 	int64_t retry_cap_ms;         /* 0 = 30000 */

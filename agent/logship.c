@@ -1,13 +1,11 @@
 #include "logship.h"
 
-#include <errno.h>
 #include <ev.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "agent.h"
 #include "backoff.h"
@@ -26,7 +24,9 @@
 #define DEFAULT_MEMORY_MAX ((uint64_t)32 << 20)
 #define MAX_WAIT 2                  /* sealed batches waiting behind the one in flight */
 #define SPOOLING_MAX 4              /* a stream's spool writes in progress before it pauses */
+#define ROOM_PROBE 4096             /* a stream reads on while a line this long would fit */
 #define DRAIN_MAX 4                 /* spooled batches in flight when the destination is up */
+#define SENDS_MAX 4                 /* batches in flight from all streams together */
 #define INSPECT_MAX 8               /* container inspects at a time */
 #define PEND_MAX ((size_t)8 << 20)  /* a long line's repaired text not yet cut into events */
 #define NAME_MAX_LEN 512
@@ -38,7 +38,7 @@ enum fstate {
 	F_INSPECT,    /* asking whether it has a TTY and what it is */
 	F_FOLLOW,     /* a log connection is open */
 	F_RETRY,      /* the connection broke: waiting to reopen it */
-	F_PAUSED,     /* closed for backpressure */
+	F_PAUSED,     /* open, but held back (backpressure) */
 	F_EOF,        /* read to the end; the container is not running */
 };
 
@@ -93,6 +93,8 @@ struct lstream {
 	size_t nwait;
 	struct sbatch *inflight;
 	uint64_t send_id;
+	struct lstream *send_next;  /* waiting for one of the SENDS_MAX slots */
+	bool send_queued;
 	uint64_t ckpt_gen;          /* must be durable before the next send */
 	size_t spooling;            /* spool writes in progress */
 	uint64_t next_bseq;
@@ -146,6 +148,8 @@ struct logship {
 	struct lstream *streams;
 	size_t nstreams;
 	uint64_t mem;               /* batch bytes held, all streams */
+	size_t sending;             /* stream batches in flight */
+	struct lstream *send_q, *send_q_tail; /* streams waiting for a slot, in turn */
 	size_t paused;
 	bool ckpt_waiters;
 	uint64_t spool_max;
@@ -274,8 +278,21 @@ static void stream_free(struct lstream *st)
 	ls->nstreams--;
 	if (st->call)
 		docker_cancel(ls->docker, st->call);
-	if (st->send_id)
+	if (st->send_id) {
 		logdest_cancel(ls->dest, st->send_id);
+		ls->sending--;
+	}
+	if (st->send_queued) {
+		struct lstream **pp = &ls->send_q;
+		while (*pp != st)
+			pp = &(*pp)->send_next;
+		*pp = st->send_next;
+		if (ls->send_q_tail == st) {
+			ls->send_q_tail = NULL;
+			for (struct lstream *q = ls->send_q; q; q = q->send_next)
+				ls->send_q_tail = q;
+		}
+	}
 	if (st->fs == F_PAUSED)
 		ls->paused--;
 	ev_timer_stop(ls->loop, &st->flush);
@@ -499,6 +516,7 @@ static void on_spooled(int ok, uint64_t seq, struct logbatch *failed, void *arg)
 		free(c);
 		drain_kick(ls);
 		pump(st);
+		resume_paused(ls);
 		maybe_forget(st);
 		return;
 	}
@@ -564,9 +582,41 @@ static bool spool_batch(struct lstream *st, struct sbatch *b)
 
 static void on_sent(const struct logdest_result *res, void *arg);
 
+/* Every stream sends one batch at a time, and all of them together at most
+ * SENDS_MAX: a burst of flushes (every container's timer runs out within a
+ * second) becomes a short queue instead of one connection and one request
+ * body per container. Streams take the free slots in turn. */
+static void wait_for_slot(struct lstream *st)
+{
+	struct logship *ls = st->ls;
+	if (st->send_queued)
+		return;
+	st->send_queued = true;
+	st->send_next = NULL;
+	if (ls->send_q_tail)
+		ls->send_q_tail->send_next = st;
+	else
+		ls->send_q = st;
+	ls->send_q_tail = st;
+}
+
+static void serve_slots(struct logship *ls)
+{
+	while (ls->send_q && ls->sending < SENDS_MAX) {
+		struct lstream *st = ls->send_q;
+		ls->send_q = st->send_next;
+		if (!ls->send_q)
+			ls->send_q_tail = NULL;
+		st->send_next = NULL;
+		st->send_queued = false;
+		pump(st);
+	}
+}
+
 static void send_batch(struct lstream *st, struct sbatch *b)
 {
 	struct logship *ls = st->ls;
+	ls->sending++;
 	struct logdest_stream names = {
 		.group = st->group, .stream = st->stream, .app = st->app, .service = st->service,
 		.container = st->short_id, .release = st->release,
@@ -584,31 +634,41 @@ static void send_batch(struct lstream *st, struct sbatch *b)
 	ls->st.batches_sent++;
 }
 
-/* Whether batches waiting behind a stream's batch in flight should go to
+/* During an outage, whether batches waiting behind the stream's batch in
+ * flight (it will fail, or tell that the destination is back) should go to
  * the spool rather than stay in memory. */
 static bool overflowing(const struct lstream *st)
 {
 	const struct logship *ls = st->ls;
-	return st->inflight && st->waitq && !spool_unusable(ls) &&
+	return ls->down && st->inflight && st->waitq && !spool_unusable(ls) &&
 	       (st->nwait > MAX_WAIT || ls->mem > ls->memory_max);
 }
 
 /* Moves the stream's sealed batches along: to the destination one at a
- * time, or to the spool while it is down, while older batches of this
- * stream are still spooled, or when too much waits in memory. */
+ * time, or to the spool while it is down. While older batches of the stream
+ * are still spooled the newer ones wait in memory (the stream is paused when
+ * they fill its share), so the spool serves outages only. */
 static void pump(struct lstream *st)
 {
 	struct logship *ls = st->ls;
 	if (ls->stopping)
 		return;
+	bool moved = false;
 	while (!st->inflight && st->waitq) {
 		if (st->ckpt_gen > checkpoint_durable(ls->ckpt)) {
 			ls->ckpt_waiters = true;
 			break;
 		}
+		bool behind = st->spooling > 0 || spool_key_count(ls->spool, st->key) > 0;
+		if (behind && !ls->down)
+			break; /* after_drain and on_spooled pump again */
+		if (!ls->down && ls->sending >= SENDS_MAX) {
+			wait_for_slot(st);
+			break;
+		}
 		struct sbatch *b = pop_wait(st);
-		bool via_spool = ls->down || st->spooling > 0 || spool_key_count(ls->spool, st->key) > 0;
-		if (via_spool && spool_batch(st, b))
+		moved = true;
+		if (ls->down && spool_batch(st, b))
 			continue;
 		drop_aged(ls, &b->b);
 		if (b->b.n == 0) {
@@ -625,8 +685,9 @@ static void pump(struct lstream *st)
 			push_front(st, b);
 			break;
 		}
+		moved = true;
 	}
-	if (ls->paused)
+	if (moved)
 		resume_paused(ls);
 }
 
@@ -637,6 +698,7 @@ static void on_sent(const struct logdest_result *res, void *arg)
 	struct sbatch *b = st->inflight;
 	st->inflight = NULL;
 	st->send_id = 0;
+	ls->sending--;
 	log_debug("logship.sent", "container=%.12s events=%zu ms=%" PRId64 " status=%d", st->id,
 		  b->b.n, clock_mono_ms() - st->sent_mono, (int)res->status);
 	ls->st.retries += (uint64_t)res->retries;
@@ -669,14 +731,25 @@ static void on_sent(const struct logdest_result *res, void *arg)
 		drain_kick(ls);
 		break;
 	}
+	serve_slots(ls); /* the streams that waited go before this one */
 	pump(st);
+	resume_paused(ls);
 	maybe_forget(st);
 }
 
 /* ---- reading ---- */
 
+/* Whether the stream's newer batches wait for its older ones in the spool
+ * (after an outage) rather than go out as soon as nothing is in flight. */
+static bool behind_spool(const struct lstream *st)
+{
+	const struct logship *ls = st->ls;
+	return !ls->down && (st->spooling > 0 || spool_key_count(ls->spool, st->key) > 0);
+}
+
 /* Whether the stream can take a line of len bytes now; if not, its log
- * connection is closed until there is room (backpressure). */
+ * stream is paused until there is room (backpressure: the lines wait in
+ * Docker's log file). */
 static bool room(const struct lstream *st, size_t len)
 {
 	const struct logship *ls = st->ls;
@@ -689,45 +762,42 @@ static bool room(const struct lstream *st, size_t len)
 	bool over = ls->mem > ls->memory_max;
 	if (fits && !over)
 		return true;
-	/* A batch gets sealed: it is sent, waits in memory, or overflows to the
-	 * spool while the spool has room (half of it when the destination is
-	 * up: the rest is for outages) and keeps up with the writes. */
-	if (!st->inflight && !over)
+	/* A batch gets sealed: it is sent at once or waits in memory, up to
+	 * MAX_WAIT of them. Past that only an outage sends batches on, to the
+	 * spool, as long as its writes keep up. */
+	bool waits = st->inflight || st->send_queued || behind_spool(st);
+	if (!over && (!waits || st->nwait < MAX_WAIT))
 		return true;
-	if (st->nwait < MAX_WAIT && !over)
-		return true;
-	if (spool_unusable(ls) || st->spooling >= SPOOLING_MAX)
-		return false;
-	return ls->down || spool_bytes(ls->spool) < ls->spool_max / 2;
+	return ls->down && !spool_unusable(ls) && st->spooling < SPOOLING_MAX;
 }
 
+/* Holds the log stream back; the connection stays open, so the resume
+ * goes on from the same byte without a new request (with since=, the engine
+ * would scan the container's whole log file again). */
 static void pause_read(struct lstream *st)
 {
 	struct logship *ls = st->ls;
-	if (st->call)
-		docker_cancel(ls->docker, st->call);
-	st->call = 0;
+	docker_logs_pause(ls->docker, st->call, true);
 	st->fs = F_PAUSED;
 	ls->paused++;
 	ls->st.pauses++;
-	/* The partial long line is read again from its start. */
-	buf_reset(&st->pend);
-	memset(&st->u8, 0, sizeof st->u8);
-	st->line_events = 0;
 	log_debug("logship.pause", "container=%.12s nwait=%zu mem=%" PRIu64, st->id, st->nwait,
 		  ls->mem);
 }
 
+/* Room was made (a batch went out, a spool write finished): paused streams
+ * that can take lines again read on. */
 static void resume_paused(struct logship *ls)
 {
 	if (!ls->paused || ls->mem > ls->memory_max * 3 / 4)
 		return;
 	for (struct lstream *st = ls->streams; st && ls->paused; st = st->next) {
-		if (st->fs != F_PAUSED || !room(st, 4096))
+		if (st->fs != F_PAUSED || !room(st, ROOM_PROBE))
 			continue;
 		ls->paused--;
-		st->fs = F_IDLE;
-		start_read(st);
+		st->fs = F_FOLLOW;
+		docker_logs_pause(ls->docker, st->call, false);
+		log_debug("logship.resume", "container=%.12s", st->id);
 	}
 }
 
@@ -794,12 +864,9 @@ static int on_line(const struct linesplit_line *l, void *arg)
 {
 	struct lstream *st = arg;
 	struct logship *ls = st->ls;
-	if (st->fs != F_FOLLOW)
+	/* A paused stream still hands over the rest of the read in progress. */
+	if (st->fs != F_FOLLOW && st->fs != F_PAUSED)
 		return -1;
-	if (!room(st, l->len)) {
-		pause_read(st);
-		return -1;
-	}
 	ls->st.lines_read++;
 	bool first = !(l->flags & LINESPLIT_CONT), last = !(l->flags & LINESPLIT_MORE);
 	if (first)
@@ -824,6 +891,8 @@ static int on_line(const struct linesplit_line *l, void *arg)
 	}
 	if (st->waitq)
 		pump(st);
+	if (st->fs == F_FOLLOW && !room(st, ROOM_PROBE))
+		pause_read(st);
 	return 0;
 }
 
@@ -846,6 +915,8 @@ static void on_logs_done(const struct docker_result *res, void *arg)
 	struct lstream *st = arg;
 	struct logship *ls = st->ls;
 	st->call = 0;
+	if (st->fs == F_PAUSED)
+		ls->paused--;
 	/* Whatever was read so far goes out now, not after the flush interval. */
 	buf_reset(&st->pend);
 	memset(&st->u8, 0, sizeof st->u8);
@@ -919,6 +990,7 @@ static void start_read(struct lstream *st)
 		on_logs_done(&r, st);
 		return;
 	}
+	ls->st.reads++;
 	log_debug("logship.read", "container=%.12s since_ns=%" PRId64 " skip=%" PRIu64, st->id,
 		  m.since_ns, m.skip);
 }
@@ -1014,7 +1086,7 @@ static void on_inspect(const struct docker_result *res, void *arg)
 	if (st->fs == F_IDLE || st->fs == F_EOF) {
 		st->fs = F_IDLE;
 		start_read(st);
-	} else if (st->fs == F_FOLLOW || st->fs == F_INSPECT) {
+	} else if (st->fs == F_FOLLOW || st->fs == F_PAUSED || st->fs == F_INSPECT) {
 		st->start_again = true; /* the open read may be the last run's */
 	}
 	inspect_finish(r);
@@ -1218,6 +1290,7 @@ static void after_drain(struct logship *ls, uint64_t key)
 		pump(st);
 		maybe_forget(st);
 	}
+	resume_paused(ls);
 	drain_kick(ls);
 }
 
@@ -1363,21 +1436,6 @@ static void on_durable(void *arg)
 
 /* ---- the shipper ---- */
 
-static int mkdir_p(const char *path)
-{
-	char tmp[PATH_MAX];
-	snprintf(tmp, sizeof tmp, "%s", path);
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
-			return -1;
-		*p = '/';
-	}
-	return mkdir(tmp, 0700) < 0 && errno != EEXIST ? -1 : 0;
-}
-
 struct logship *logship_new(const struct logship_opts *o, struct err *err)
 {
 	if (!o || !o->loop || !o->docker || !o->dest || !o->state_dir || !o->instance_id) {
@@ -1423,20 +1481,17 @@ struct logship *logship_new(const struct logship_opts *o, struct err *err)
 	}
 	ls->filters[nf] = NULL;
 	char path[PATH_MAX + 64];
-	if (mkdir_p(ls->dir) < 0) {
-		err_set(err, "mkdir %s: %s", ls->dir, strerror(errno));
-		goto fail;
-	}
 	/* One thread: spool writes must land in the order they were queued. */
 	if (!(ls->workers = worker_pool_new(ls->loop, 1, 4096, err)))
 		goto fail;
-	snprintf(path, sizeof path, "%s/%s", ls->dir, CHECKPOINT_FILE);
-	if (!(ls->ckpt = checkpoint_open(path, ls->workers, on_durable, ls, err)))
-		goto fail;
+	/* The spool makes <dir>/spool, and with it <dir> for the checkpoints. */
 	snprintf(path, sizeof path, "%s/%s", ls->dir, SPOOL_DIR);
 	struct spool_opts so = {.dir = path, .max_bytes = o->spool_max, .workers = ls->workers,
 				.on_dropped = on_spool_dropped, .arg = ls};
 	if (!(ls->spool = spool_open(&so, err)))
+		goto fail;
+	snprintf(path, sizeof path, "%s/%s", ls->dir, CHECKPOINT_FILE);
+	if (!(ls->ckpt = checkpoint_open(path, ls->workers, on_durable, ls, err)))
 		goto fail;
 	return ls;
 oom:
@@ -1612,8 +1667,10 @@ void logship_stats(const struct logship *ls, struct logship_stats *out)
 	out->following = 0;
 	int64_t now = clock_mono_ms(), oldest = now;
 	for (const struct lstream *st = ls->streams; st; st = st->next) {
-		if (st->fs == F_FOLLOW)
+		if (st->fs == F_FOLLOW || st->fs == F_PAUSED)
 			out->following++;
+		if (st->fs == F_PAUSED)
+			out->paused++;
 		if (st->cur.n && st->cur.first_mono_ms < oldest)
 			oldest = st->cur.first_mono_ms;
 		if (st->inflight && st->inflight->b.first_mono_ms < oldest)

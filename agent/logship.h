@@ -26,16 +26,12 @@
  * or flush_interval_ms after its first event; a sealed batch is sorted by
  * timestamp and loses the events CloudWatch would reject for their age
  * (counted). One batch per stream is in flight at a time; two more may wait
- * behind it in memory. Past that (or when all batches together pass
- * memory_max) the waiting batches overflow to the spool, in order, and the
- * stream keeps going through the spool until it has drained. Only when the
- * spool cannot take them either (half of spool_max used while the
- * destination answers, or its writes falling behind) is the container's log
- * connection closed (backpressure: the lines stay in Docker's log file) and
- * reopened from the exact position once there is room. Reopening costs the
- * engine a scan of the container's log file up to `since`, which is why the
- * spool absorbs bursts first (pausing the transfer itself would be cheaper,
- * but http_client cannot pause a transfer yet).
+ * behind it in memory. When a container writes faster than that drains, or
+ * all batches together pass memory_max, its log stream is paused
+ * (docker_logs_pause: backpressure, the lines wait in Docker's log file) and
+ * resumed once there is room: the connection stays open, so nothing is read
+ * twice and the engine never rescans the log file as a new request with
+ * since= would make it. The spool is for outages only.
  *
  * Checkpoints (agent/checkpoint.h): after each accepted (or durably
  * spooled) batch, the position after it is recorded; a stream's next batch
@@ -110,13 +106,16 @@ struct logship_stats {
 	uint64_t batches_sent;
 	uint64_t retries;           /* requests repeated after a failure */
 	uint64_t throttled;
-	uint64_t pauses;            /* log connections closed for backpressure */
+	uint64_t pauses;            /* log streams paused for backpressure */
+	uint64_t reads;             /* log connections opened (one per container, again
+				     * only after a break or a restart of the container) */
 	uint64_t spool_files;
 	uint64_t spool_bytes;
 	uint64_t memory_bytes;      /* batches held in memory */
 	int64_t queue_lag_ms;       /* age of the oldest event not accepted or spooled */
 	size_t streams;
-	size_t following;           /* open log connections */
+	size_t following;           /* open log connections (paused ones included) */
+	size_t paused;              /* of those, held back now */
 	bool destination_down;
 };
 

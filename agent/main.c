@@ -38,6 +38,7 @@
 #include "deployer.h"
 #include "docker.h"
 #include "http_client.h"
+#include "imds.h"
 #include "inventory.h"
 #include "journal.h"
 #include "json.h"
@@ -238,6 +239,14 @@ static void on_inventory(const cJSON *containers, void *arg)
 #endif
 }
 
+/* Per swap: outcome and duration, for the health metrics (a->metrics is NULL
+ * with metrics.enabled false: metrics_swap ignores it). */
+static void on_swap_end(void *arg, const char *app, const char *outcome, int64_t duration_ms)
+{
+	struct agent *a = arg;
+	metrics_swap(a->metrics, app, outcome, duration_ms);
+}
+
 static void on_engine_back(void *arg)
 {
 	struct agent *a = arg;
@@ -294,15 +303,14 @@ static int start_logs(struct agent *a, const char *instance_id, struct err *err)
 			return -1;
 		a->logdest = logdest_cloudwatch(a->cwlogs);
 	} else {
-		char identity[PATH_MAX + 32];
-		snprintf(identity, sizeof identity, "%s/%s", a->set.state_dir, COORD_IDENTITY_FILE);
 		struct logdest_coord_opts lo = {
 			.loop = a->loop,
 			.http = a->http,
 			.url = config_str(c, "coordinator.url"),
 			.ca_file = config_has(c, "coordinator.ca_file")
 					   ? config_str(c, "coordinator.ca_file") : NULL,
-			.identity_path = identity,
+			.identity = coord_client_identity,
+			.identity_ctx = a->coord,
 			.timeout_ms = config_ms(c, "logs.request_timeout"),
 			.retry_base_ms = config_ms(c, "logs.retry_base"),
 			.retry_cap_ms = config_ms(c, "logs.retry_cap"),
@@ -517,6 +525,82 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 	ev_break(loop, EVBREAK_ALL);
 }
 
+/* ---- the instance id ---- */
+
+struct instance_lookup {
+	bool done;
+	char id[129];
+	char why[ERR_MSG_MAX + 64];
+};
+
+/* The protocol's instance_id: 1-128 bytes of [A-Za-z0-9._:-]. */
+static bool valid_instance_id(const char *s, size_t len)
+{
+	if (len == 0 || len > 128)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == ':' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+static void on_instance_id(const struct imds_result *r, void *arg)
+{
+	struct instance_lookup *l = arg;
+	l->done = true;
+	size_t n = r->body_len;
+	while (n > 0 && (r->body[n - 1] == '\n' || r->body[n - 1] == '\r' || r->body[n - 1] == ' '))
+		n--;
+	if (r->error)
+		snprintf(l->why, sizeof l->why, "%s", r->error);
+	else if (r->status != 200)
+		snprintf(l->why, sizeof l->why, "HTTP %ld", r->status);
+	else if (!valid_instance_id(r->body, n))
+		snprintf(l->why, sizeof l->why, "not an instance id: \"%.64s\"", r->body);
+	else
+		snprintf(l->id, sizeof l->id, "%.*s", (int)n, r->body);
+}
+
+/* agent.instance_id, else the instance's id from IMDSv2 (short timeouts: off
+ * EC2 nothing answers there), else the hostname. Runs the loop until IMDS has
+ * answered or given up: start-up only, before anything else uses the loop. */
+static const char *resolve_instance_id(struct agent *a, const char *hostname, char *out,
+				       size_t cap)
+{
+	if (config_has(a->cfg, "agent.instance_id")) {
+		snprintf(out, cap, "%s", config_str(a->cfg, "agent.instance_id"));
+		return "configuration";
+	}
+	struct instance_lookup l = {0};
+	if (imds_disabled()) {
+		snprintf(l.why, sizeof l.why, "AWS_EC2_METADATA_DISABLED is true");
+	} else {
+		struct err err = {{0}};
+		const struct backoff_policy retry = {.base_ms = 100, .cap_ms = 500, .max_attempts = 2};
+		struct imds_opts io = {.timeout_ms = 1000, .retry = &retry};
+		struct imds *m = imds_new(a->http, &io, &err);
+		if (!m)
+			snprintf(l.why, sizeof l.why, "%s", err.msg);
+		else if (imds_get(m, "/latest/meta-data/instance-id", on_instance_id, &l) < 0)
+			snprintf(l.why, sizeof l.why, "could not start the request");
+		else
+			while (!l.done)
+				ev_run(a->loop, EVRUN_ONCE);
+		imds_free(m);
+	}
+	if (l.id[0]) {
+		snprintf(out, cap, "%s", l.id);
+		return "instance metadata";
+	}
+	snprintf(out, cap, "%s", hostname);
+	log_info("agent.instance_id", "source=hostname instance_id=%s (the instance metadata "
+		 "service did not tell: %s)", out, l.why);
+	return "hostname";
+}
+
 /* ---- running ---- */
 
 static int run_agent(const char *config_path)
@@ -558,12 +642,13 @@ static int run_agent(const char *config_path)
 	a.started_mono_ms = clock_mono_ms();
 	char instance_id[256], hostname[256] = "unknown";
 	gethostname(hostname, sizeof hostname - 1);
-	snprintf(instance_id, sizeof instance_id, "%s",
-		 config_has(cfg, "agent.instance_id") ? config_str(cfg, "agent.instance_id")
-						      : hostname);
 	struct docker_opts dopts = {.socket_path = a.set.docker_socket};
-	if (!(a.http = http_client_new(a.loop)) ||
-	    !(a.docker = docker_new(a.loop, a.http, &dopts)) ||
+	if (!(a.http = http_client_new(a.loop))) {
+		log_error("agent.start", "error=\"out of memory\"");
+		goto out;
+	}
+	const char *id_source = resolve_instance_id(&a, hostname, instance_id, sizeof instance_id);
+	if (!(a.docker = docker_new(a.loop, a.http, &dopts)) ||
 	    !(a.workers = worker_pool_new(a.loop, 1, 256, &err)) ||
 	    !(a.proxy = proxy_client_new(a.http, a.set.control_socket))) {
 		log_error("agent.start", "error=\"%s\"", err.msg[0] ? err.msg : "out of memory");
@@ -598,6 +683,8 @@ static int run_agent(const char *config_path)
 		.coord = {.ack = coord_client_ack, .extend = coord_client_extend, .ctx = a.coord},
 		.runner = {.start = runner_start, .proceed = runner_proceed, .cancel = runner_cancel,
 			   .resync = runner_resync, .ctx = &a},
+		.on_swap_end = on_swap_end,
+		.swap_end_arg = &a,
 		.crash_at = a.set.crash_at,
 	};
 	if (!(a.deployer = deployer_new(&dpo, &err))) {
@@ -630,8 +717,8 @@ static int run_agent(const char *config_path)
 		log_error("agent.logs", "error=\"%s\"", err.msg);
 		goto out;
 	}
-	log_info("agent.start", "version=%s instance_id=%s state_dir=%s proxy=%s", AGENT_VERSION,
-		 instance_id, a.set.state_dir, a.set.control_socket);
+	log_info("agent.start", "version=%s instance_id=%s (from the %s) state_dir=%s proxy=%s",
+		 AGENT_VERSION, instance_id, id_source, a.set.state_dir, a.set.control_socket);
 	ev_signal sigterm, sigint;
 	ev_signal_init(&sigterm, on_signal, SIGTERM);
 	ev_signal_init(&sigint, on_signal, SIGINT);

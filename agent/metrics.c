@@ -13,6 +13,7 @@
 #include "agent.h"
 #include "clock.h"
 #include "cwlogs.h"
+#include "dlist.h"
 #include "docker.h"
 #include "httpd.h"
 #include "json.h"
@@ -205,6 +206,19 @@ static int json_num(struct buf *out, double v)
 	return buf_printf(out, "%.6g", v);
 }
 
+/* ,"name":"value" for each (string members of an EMF document). */
+static int emf_members(struct buf *out, const struct metrics_dim *m, size_t n)
+{
+	int rc = 0;
+	for (size_t i = 0; i < n; i++) {
+		rc |= buf_append_byte(out, ',');
+		rc |= cwlogs_json_string(out, m[i].name, strlen(m[i].name));
+		rc |= buf_append_byte(out, ':');
+		rc |= cwlogs_json_string(out, m[i].value, strlen(m[i].value));
+	}
+	return rc;
+}
+
 int metrics_emf(struct buf *out, const char *namespace_, const char *allowed, int64_t ts_ms,
 		const struct metrics_dim *dims, size_t ndims, const struct metrics_dim *extra,
 		size_t nextra, const struct metrics_value *vals, size_t nvals)
@@ -230,18 +244,8 @@ int metrics_emf(struct buf *out, const char *namespace_, const char *allowed, in
 		rc |= buf_append_byte(out, '}');
 	}
 	rc |= buf_append_str(out, "]}]}");
-	for (size_t i = 0; i < ndims; i++) {
-		rc |= buf_append_byte(out, ',');
-		rc |= cwlogs_json_string(out, dims[i].name, strlen(dims[i].name));
-		rc |= buf_append_byte(out, ':');
-		rc |= cwlogs_json_string(out, dims[i].value, strlen(dims[i].value));
-	}
-	for (size_t i = 0; i < nextra; i++) {
-		rc |= buf_append_byte(out, ',');
-		rc |= cwlogs_json_string(out, extra[i].name, strlen(extra[i].name));
-		rc |= buf_append_byte(out, ':');
-		rc |= cwlogs_json_string(out, extra[i].value, strlen(extra[i].value));
-	}
+	rc |= emf_members(out, dims, ndims);
+	rc |= emf_members(out, extra, nextra);
 	for (size_t i = 0; i < nvals; i++) {
 		rc |= buf_append_byte(out, ',');
 		rc |= cwlogs_json_string(out, vals[i].name, strlen(vals[i].name));
@@ -324,22 +328,14 @@ static struct ccall *ccall_new(struct metrics *m, const char *id, int kind)
 	cc->m = m;
 	cc->kind = kind;
 	snprintf(cc->id, sizeof cc->id, "%s", id);
-	cc->next = m->ccalls;
-	if (m->ccalls)
-		m->ccalls->prev = cc;
-	m->ccalls = cc;
+	DLIST_PUSH(m->ccalls, cc);
 	return cc;
 }
 
 static void ccall_free(struct ccall *cc)
 {
 	struct metrics *m = cc->m;
-	if (cc->prev)
-		cc->prev->next = cc->next;
-	else
-		m->ccalls = cc->next;
-	if (cc->next)
-		cc->next->prev = cc->prev;
+	DLIST_UNLINK(m->ccalls, cc);
 	free(cc);
 }
 
@@ -941,7 +937,9 @@ int metrics_prometheus(struct metrics *m, struct buf *out)
 		rc |= prom_plain(out, "slipway_log_throttled_total", "counter",
 				 "Throttling answers", (double)s.throttled);
 		rc |= prom_plain(out, "slipway_log_pauses_total", "counter",
-				 "Log connections closed for backpressure", (double)s.pauses);
+				 "Log streams paused for backpressure", (double)s.pauses);
+		rc |= prom_plain(out, "slipway_log_reads_total", "counter",
+				 "Log connections opened", (double)s.reads);
 		rc |= prom_plain(out, "slipway_log_queue_lag_ms", "gauge",
 				 "Age of the oldest event not yet accepted or spooled",
 				 (double)s.queue_lag_ms);
@@ -955,6 +953,8 @@ int metrics_prometheus(struct metrics *m, struct buf *out)
 				 (double)s.streams);
 		rc |= prom_plain(out, "slipway_log_following", "gauge", "Open log connections",
 				 (double)s.following);
+		rc |= prom_plain(out, "slipway_log_paused", "gauge",
+				 "Log connections held back for backpressure", (double)s.paused);
 		rc |= prom_plain(out, "slipway_log_destination_up", "gauge",
 				 "0 while the destination cannot be reached", s.destination_down ? 0 : 1);
 	}

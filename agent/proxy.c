@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "dlist.h"
 #include "log.h"
 
 /*
@@ -586,22 +587,12 @@ static void drain_kick(struct proxy *p)
 static void be_unlink(struct backend *be)
 {
 	struct backend **head = be->route ? &be->route->backends : &be->p->orphans;
-	if (be->prev)
-		be->prev->next = be->next;
-	else
-		*head = be->next;
-	if (be->next)
-		be->next->prev = be->prev;
-	be->next = be->prev = NULL;
+	DLIST_UNLINK(*head, be);
 }
 
 static void be_link(struct backend *be, struct backend **head)
 {
-	be->prev = NULL;
-	be->next = *head;
-	if (*head)
-		(*head)->prev = be;
-	*head = be;
+	DLIST_PUSH(*head, be);
 }
 
 static void be_maybe_free(struct backend *be)
@@ -683,10 +674,7 @@ static struct listener *listener_new(struct proxy *p, int port, enum proxy_proto
 	l->pause.data = l;
 	if (!p->stopping)
 		ev_io_start(p->loop, &l->io);
-	l->next = p->listeners;
-	if (p->listeners)
-		p->listeners->prev = l;
-	p->listeners = l;
+	DLIST_PUSH(p->listeners, l);
 	return l;
 }
 
@@ -701,13 +689,7 @@ static void listener_close(struct listener *l)
 		close(l->fd);
 	l->fd = -1;
 	l->open = false;
-	if (l->prev)
-		l->prev->next = l->next;
-	else
-		p->listeners = l->next;
-	if (l->next)
-		l->next->prev = l->prev;
-	l->next = l->prev = NULL;
+	DLIST_UNLINK(p->listeners, l);
 	log_info("proxy.listener_closed", "port=%d", l->port);
 	listener_unref(l);
 }
@@ -958,10 +940,7 @@ int proxy_set_route(struct proxy *p, const struct proxy_route_spec *s, cJSON **p
 		r->p = p;
 		snprintf(r->app, sizeof r->app, "%s", s->app);
 		snprintf(r->service, sizeof r->service, "%s", s->service);
-		r->next = p->routes;
-		if (p->routes)
-			p->routes->prev = r;
-		p->routes = r;
+		DLIST_PUSH(p->routes, r);
 		p->nroutes++;
 	}
 	r->generation = s->generation;
@@ -1027,12 +1006,7 @@ static void route_free(struct route *r)
 	}
 	free(r->set);
 	free_hosts(r->hosts, r->host_len, r->nhosts);
-	if (r->prev)
-		r->prev->next = r->next;
-	else
-		p->routes = r->next;
-	if (r->next)
-		r->next->prev = r->prev;
+	DLIST_UNLINK(p->routes, r);
 	p->nroutes--;
 	free(r);
 }
@@ -1080,12 +1054,7 @@ static void drain_free(struct drain *d)
 {
 	struct proxy *p = d->p;
 	ev_timer_stop(p->loop, &d->timeout);
-	if (d->prev)
-		d->prev->next = d->next;
-	else
-		p->drains = d->next;
-	if (d->next)
-		d->next->prev = d->prev;
+	DLIST_UNLINK(p->drains, d);
 	for (size_t i = 0; i < d->nids; i++)
 		free(d->ids[i]);
 	free(d->ids);
@@ -1212,10 +1181,7 @@ uint64_t proxy_drain(struct proxy *p, const char *app, const char *service,
 	ev_timer_init(&d->timeout, drain_timeout_cb, (double)timeout_ms / 1000.0, 0.);
 	d->timeout.data = d;
 	ev_timer_start(p->loop, &d->timeout);
-	d->next = p->drains;
-	if (p->drains)
-		p->drains->prev = d;
-	p->drains = d;
+	DLIST_PUSH(p->drains, d);
 	for (struct backend *be = r->backends; be; be = be->next)
 		if (drain_wants(d, be))
 			be->guard++;
@@ -1386,10 +1352,7 @@ static void c_new(struct listener *l, int fd, const struct sockaddr_storage *sa)
 	c->rio.data = c->wio.data = c;
 	ev_init(&c->tm.t, c_timer_cb);
 	c->tm.t.data = c;
-	c->next = p->conns;
-	if (p->conns)
-		p->conns->prev = c;
-	p->conns = c;
+	DLIST_PUSH(p->conns, c);
 	p->nconns++;
 	if (l->protocol == PROXY_TCP) {
 		int one = 1;
@@ -1455,12 +1418,7 @@ static void c_close(struct cconn *c)
 	close(c->fd);
 	pbuf_put(p, c->buf);
 	free(c->lout);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		p->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+	DLIST_UNLINK(p->conns, c);
 	p->nconns--;
 	listener_unref(c->l);
 	free(c);

@@ -6,6 +6,7 @@
 
 #include "backoff.h"
 #include "buf.h"
+#include "dlist.h"
 #include "http_client.h"
 #include "json.h"
 
@@ -64,12 +65,7 @@ struct proxy_client *proxy_client_new(struct http_client *http, const char *sock
 static void call_unlink(struct call *c)
 {
 	struct proxy_client *pc = c->pc;
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		pc->calls = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+	DLIST_UNLINK(pc->calls, c);
 }
 
 void proxy_client_free(struct proxy_client *pc)
@@ -351,10 +347,7 @@ static uint64_t start(struct proxy_client *pc, struct call *c, const char *metho
 		return 0;
 	}
 	c->id = ++pc->next_id;
-	c->next = pc->calls;
-	if (pc->calls)
-		pc->calls->prev = c;
-	pc->calls = c;
+	DLIST_PUSH(pc->calls, c);
 	return c->id;
 fail:
 	free(text);

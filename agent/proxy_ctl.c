@@ -16,6 +16,7 @@
 
 #include "buf.h"
 #include "clock.h"
+#include "dlist.h"
 #include "httpd.h"
 #include "json.h"
 #include "log.h"
@@ -466,12 +467,7 @@ static void delete_route(struct proxy_ctl *ctl, struct httpd_req *req, const cha
 static void pending_free(struct pending *pd)
 {
 	struct proxy_ctl *ctl = pd->ctl;
-	if (pd->prev)
-		pd->prev->next = pd->next;
-	else
-		ctl->pending = pd->next;
-	if (pd->next)
-		pd->next->prev = pd->prev;
+	DLIST_UNLINK(ctl->pending, pd);
 	free(pd);
 }
 
@@ -541,10 +537,7 @@ static void post_drain(struct proxy_ctl *ctl, struct httpd_req *req, const char 
 	}
 	pd->ctl = ctl;
 	pd->req = req;
-	pd->next = ctl->pending;
-	if (ctl->pending)
-		ctl->pending->prev = pd;
-	ctl->pending = pd;
+	DLIST_PUSH(ctl->pending, pd);
 	httpd_req_on_abort(req, drain_abort, pd);
 	return;
 bad:
@@ -696,27 +689,32 @@ static bool socket_alive(const char *path)
 	return alive;
 }
 
-static int bind_control(const char *path, struct err *err)
+int proxy_ctl_listen_unix(const char *path, int backlog, const char *what, struct err *err)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	char tmp[sizeof sa.sun_path];
 	if (snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid()) >= (int)sizeof tmp)
-		return err_set(err, "control socket path too long: %s", path);
-	if (socket_alive(path))
-		return err_set(err, "%s: another proxy answers there", path);
+		return err_set(err, "%s path too long: %s", what, path);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return err_set(err, "socket: %s", strerror(errno));
 	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", tmp);
 	unlink(tmp);
 	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || chmod(tmp, 0600) < 0 ||
-	    listen(fd, 64) < 0 || rename(tmp, path) < 0) {
+	    listen(fd, backlog) < 0 || rename(tmp, path) < 0) {
 		int e = errno;
 		close(fd);
 		unlink(tmp);
-		return err_set(err, "control socket %s: %s", path, strerror(e));
+		return err_set(err, "%s %s: %s", what, path, strerror(e));
 	}
 	return fd;
+}
+
+static int bind_control(const char *path, struct err *err)
+{
+	if (socket_alive(path))
+		return err_set(err, "%s: another proxy answers there", path);
+	return proxy_ctl_listen_unix(path, 64, "control socket", err);
 }
 
 struct proxy_ctl *proxy_ctl_new(struct ev_loop *loop, struct proxy *proxy,

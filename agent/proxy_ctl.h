@@ -89,4 +89,11 @@ int proxy_ctl_load_table(struct proxy *proxy, const cJSON *table, struct err *er
 /* The same from the file (blocking read; a missing file loads nothing). */
 int proxy_ctl_load_file(struct proxy *proxy, const char *path, struct err *err);
 
+/* Listens on a 0600 unix socket at path (the control socket, the hand-over
+ * socket), put in place atomically: bound and chmod'ed under a temporary
+ * name, then renamed over path, so a client never finds a half-made socket.
+ * `what` names it in errors. The non-blocking, close-on-exec listening fd,
+ * or -1. Blocks only on the file system. */
+int proxy_ctl_listen_unix(const char *path, int backlog, const char *what, struct err *err);
+
 #endif

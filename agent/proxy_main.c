@@ -405,22 +405,9 @@ fail:
 
 static int ho_listen(struct pmain *m, struct err *err)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	char tmp[sizeof sa.sun_path];
-	if (snprintf(tmp, sizeof tmp, "%s.%ld.tmp", m->handover, (long)getpid()) >= (int)sizeof tmp)
-		return err_set(err, "hand-over socket path too long: %s", m->handover);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd = proxy_ctl_listen_unix(m->handover, 4, "hand-over socket", err);
 	if (fd < 0)
-		return err_set(err, "socket: %s", strerror(errno));
-	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", tmp);
-	unlink(tmp);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || chmod(tmp, 0600) < 0 ||
-	    listen(fd, 4) < 0 || rename(tmp, m->handover) < 0) {
-		int e = errno;
-		close(fd);
-		unlink(tmp);
-		return err_set(err, "hand-over socket %s: %s", m->handover, strerror(e));
-	}
+		return -1;
 	m->ho_fd = fd;
 	ev_io_init(&m->ho_accept, ho_accept_cb, fd, EV_READ);
 	m->ho_accept.data = m;

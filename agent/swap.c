@@ -13,7 +13,6 @@
 #include "clock.h"
 #include "docker.h"
 #include "health.h"
-#include "http_client.h"
 #include "json.h"
 #include "log.h"
 #include "proxy_client.h"
@@ -55,7 +54,7 @@ struct cont {
 	const struct spec_service *svc;
 };
 
-enum op_kind { OP_DOCKER, OP_HTTP, OP_PROXY, OP_WORKER };
+enum op_kind { OP_DOCKER, OP_PROXY, OP_WORKER };
 
 /* An async call in flight, so swap_free can cancel it. */
 struct op {
@@ -65,8 +64,6 @@ struct op {
 	uint64_t id;
 	struct cont *c;             /* the container it is about, if any */
 	int index;                  /* route / image index */
-	void *ctx;                  /* freed with ctx_free when cancelled */
-	void (*ctx_free)(void *ctx);
 	/* worker (statvfs) */
 	char path[512];
 	int64_t free_bytes;
@@ -175,9 +172,6 @@ static void cancel_ops(struct swap *s)
 		case OP_DOCKER:
 			docker_cancel(s->a->docker, o->id);
 			break;
-		case OP_HTTP:
-			http_client_cancel(s->a->http, o->id);
-			break;
 		case OP_PROXY:
 			proxy_client_cancel(s->a->proxy, o->id);
 			break;
@@ -185,11 +179,8 @@ static void cancel_ops(struct swap *s)
 			o->s = NULL; /* freed by its done callback */
 			break;
 		}
-		if (o->kind != OP_WORKER) {
-			if (o->ctx_free)
-				o->ctx_free(o->ctx);
+		if (o->kind != OP_WORKER)
 			free(o);
-		}
 		o = next;
 	}
 	s->pending = 0;
@@ -407,123 +398,6 @@ static int address_of(const struct agent *a, const cJSON *inspect, int port, cha
 	return 0;
 }
 
-/* ---- raw engine calls docker.h does not offer (/info, networks) ---- */
-
-struct engine_call {
-	struct swap *s;
-	struct op *op;
-	char method[8];
-	char path[256];
-	char *body;
-	void (*done)(struct swap *s, const struct http_response *resp, struct op *o);
-};
-
-static void engine_send(struct engine_call *ec);
-
-static void engine_call_free(void *arg)
-{
-	struct engine_call *ec = arg;
-	free(ec->body);
-	free(ec);
-}
-
-static void engine_http_done(const struct http_response *resp, void *arg)
-{
-	struct engine_call *ec = arg;
-	struct op *o = ec->op;
-	struct swap *s = op_end(o);
-	if (s)
-		ec->done(s, resp, o);
-	free(o);
-	engine_call_free(ec);
-}
-
-static void engine_negotiated(const struct docker_result *res, void *arg)
-{
-	struct engine_call *ec = arg;
-	ec->op->kind = OP_HTTP;
-	if (res->error != DOCKER_OK) {
-		struct http_response fake = {.error = HTTP_ERR_CONNECT, .error_msg = res->message};
-		engine_http_done(&fake, ec);
-		return;
-	}
-	engine_send(ec);
-}
-
-static void engine_send(struct engine_call *ec)
-{
-	struct agent *a = ec->s->a;
-	const char *v = docker_api_version(a->docker);
-	if (!v) {
-		ec->op->kind = OP_DOCKER;
-		ec->op->id = docker_negotiate(a->docker, engine_negotiated, ec);
-		if (!ec->op->id) {
-			struct http_response fake = {.error = HTTP_ERR_INTERNAL,
-						     .error_msg = "could not negotiate"};
-			ec->op->kind = OP_HTTP;
-			engine_http_done(&fake, ec);
-		}
-		return;
-	}
-	char url[512];
-	snprintf(url, sizeof url, "http://localhost/v%s%s", v, ec->path);
-	const char *headers[] = {"Content-Type: application/json", NULL};
-	struct http_request req = {
-		.method = ec->method,
-		.url = url,
-		.unix_socket = a->set.docker_socket,
-		.headers = headers,
-		.body = ec->body,
-		.body_len = ec->body ? strlen(ec->body) : 0,
-		.timeout_ms = DOCKER_DEFAULT_TIMEOUT_MS,
-		.on_done = engine_http_done,
-		.arg = ec,
-	};
-	ec->op->kind = OP_HTTP;
-	ec->op->id = http_client_start(a->http, &req);
-	if (!ec->op->id) {
-		struct http_response fake = {.error = HTTP_ERR_INTERNAL,
-					     .error_msg = "could not start the request"};
-		engine_http_done(&fake, ec);
-	}
-}
-
-static int engine(struct swap *s, const char *method, const char *path, cJSON *body,
-		  void (*done)(struct swap *, const struct http_response *, struct op *))
-{
-	struct engine_call *ec = calloc(1, sizeof *ec);
-	struct op *o = ec ? op_new(s, OP_HTTP, NULL) : NULL;
-	if (!o) {
-		free(ec);
-		cJSON_Delete(body);
-		return -1;
-	}
-	ec->s = s;
-	ec->op = o;
-	o->ctx = ec;
-	o->ctx_free = engine_call_free;
-	snprintf(ec->method, sizeof ec->method, "%s", method);
-	snprintf(ec->path, sizeof ec->path, "%s", path);
-	ec->body = body ? cJSON_PrintUnformatted(body) : NULL;
-	cJSON_Delete(body);
-	ec->done = done;
-	engine_send(ec);
-	return 0;
-}
-
-static const char *engine_message(const struct http_response *resp, char *out, size_t cap)
-{
-	if (resp->error != HTTP_OK) {
-		snprintf(out, cap, "%s", resp->error_msg);
-		return out;
-	}
-	cJSON *doc = json_parse(resp->body, resp->body_len, resp->body_len + 1, NULL);
-	const char *m = jstr(doc, "message");
-	snprintf(out, cap, "HTTP %ld%s%s", resp->status, *m ? ": " : "", m);
-	cJSON_Delete(doc);
-	return out;
-}
-
 /* ---- docker call plumbing ---- */
 
 static struct op *docker_op(struct swap *s, struct cont *c)
@@ -553,6 +427,32 @@ static void docker_started(struct swap *s, struct op *o, uint64_t id, const char
 	}
 	op_abandon(o);
 	fail(s, NULL, "%s: could not start the Docker request", what);
+}
+
+/* Which containers a phase works on, and the one call it makes for each. */
+typedef bool (*cont_pick_fn)(const struct cont *c);
+typedef uint64_t (*cont_call_fn)(struct swap *s, struct cont *c, struct op *o);
+
+/* One docker call per picked container, in the phase being issued. With
+ * `what`, a call that cannot start fails the swap; without, it is skipped. */
+static void each_container(struct swap *s, cont_pick_fn pick, cont_call_fn call,
+			   const char *what)
+{
+	for (size_t i = 0; i < s->nc; i++) {
+		struct cont *c = &s->c[i];
+		if (!pick(c))
+			continue;
+		struct op *o = docker_op(s, c);
+		if (!o) {
+			if (what)
+				fail(s, NULL, "out of memory");
+			break;
+		}
+		if (what)
+			docker_started(s, o, call(s, c, o), what);
+		else if (!(o->id = call(s, c, o)))
+			op_abandon(o);
+	}
 }
 
 /* ---- listing ---- */
@@ -781,25 +681,22 @@ static void statvfs_done(void *arg)
 	settle(s);
 }
 
-static void on_info(struct swap *s, const struct http_response *resp, struct op *unused)
+static void on_info(const struct docker_result *res, void *arg)
 {
-	(void)unused;
-	char msg[256];
-	if (resp->error != HTTP_OK || resp->status != 200) {
-		log_warn("swap.disk_unknown", "GET /info: %s (free-disk check skipped)",
-			 engine_message(resp, msg, sizeof msg));
+	struct swap *s = docker_end(arg, NULL, NULL);
+	if (res->error != DOCKER_OK) {
+		log_warn("swap.disk_unknown", "error=\"%s\" (free-disk check skipped)",
+			 res->message);
 		settle(s);
 		return;
 	}
-	cJSON *doc = json_parse(resp->body, resp->body_len, resp->body_len + 1, NULL);
-	const char *root = jstr(doc, "DockerRootDir");
+	const char *root = jstr(res->json, "DockerRootDir");
 	struct op *o = *root ? op_new(s, OP_WORKER, NULL) : NULL;
 	if (o) {
 		snprintf(o->path, sizeof o->path, "%s", root);
 		if (!s->a->workers || worker_submit(s->a->workers, statvfs_work, statvfs_done, o) < 0)
 			op_abandon(o);
 	}
-	cJSON_Delete(doc);
 	settle(s);
 }
 
@@ -850,14 +747,15 @@ static void net_wake(struct agent *a, const char *error)
 	}
 }
 
-static void network_created(struct swap *s, const struct http_response *resp, struct op *o)
+static void network_created(const struct docker_result *res, void *arg)
 {
-	(void)o;
-	char msg[256], why[400];
+	struct swap *s = docker_end(arg, NULL, NULL);
 	s->net_creator = false;
-	if (resp->error != HTTP_OK || (resp->status != 201 && resp->status != 409)) {
+	/* A conflict: another agent created it meanwhile, as good. */
+	if (res->error != DOCKER_OK && res->error != DOCKER_ERR_CONFLICT) {
+		char why[REASON_MAX];
 		snprintf(why, sizeof why, "creating the docker network %s: %s", s->a->set.network,
-			 engine_message(resp, msg, sizeof msg));
+			 res->message);
 		fail(s, NULL, "%s", why);
 		net_wake(s->a, why);
 	} else {
@@ -867,27 +765,25 @@ static void network_created(struct swap *s, const struct http_response *resp, st
 	settle(s);
 }
 
-static void on_network_removed(struct swap *s, const struct http_response *resp, struct op *o)
+static void on_network_removed(const struct docker_result *res, void *arg)
 {
-	(void)o;
-	char msg[256];
-	if (resp->error != HTTP_OK || resp->status >= 300)
+	struct swap *s = docker_end(arg, NULL, NULL);
+	if (res->error != DOCKER_OK)
 		log_warn("swap.network_dedupe_failed", "network=%s error=\"%s\"", s->a->set.network,
-			 engine_message(resp, msg, sizeof msg));
+			 res->message);
 	settle(s);
 }
 
-static void on_networks(struct swap *s, const struct http_response *resp, struct op *o)
+static void on_networks(const struct docker_result *res, void *arg)
 {
-	(void)o;
-	char msg[256];
+	struct swap *s = docker_end(arg, NULL, NULL);
 	struct agent *a = s->a;
-	if (resp->error != HTTP_OK || resp->status != 200) {
-		fail(s, NULL, "listing docker networks: %s", engine_message(resp, msg, sizeof msg));
+	if (res->error != DOCKER_OK) {
+		fail(s, NULL, "listing docker networks: %s", res->message);
 		settle(s);
 		return;
 	}
-	cJSON *list = json_parse(resp->body, resp->body_len, resp->body_len + 1, NULL);
+	const cJSON *list = res->json;
 	const cJSON *it, *oldest = NULL;
 	size_t n = 0;
 	cJSON_ArrayForEach(it, list) {
@@ -902,14 +798,14 @@ static void on_networks(struct swap *s, const struct http_response *resp, struct
 		cJSON_ArrayForEach(it, list) {
 			if (strcmp(jstr(it, "Name"), a->set.network) != 0 || it == oldest)
 				continue;
-			char path[160];
-			snprintf(path, sizeof path, "/networks/%.64s", jstr(it, "Id"));
 			log_warn("swap.network_duplicate", "network=%s id=%.12s (removing)",
 				 a->set.network, jstr(it, "Id"));
-			engine(s, "DELETE", path, NULL, on_network_removed);
+			struct op *o = docker_op(s, NULL);
+			if (o && !(o->id = docker_network_remove(a->docker, jstr(it, "Id"), 0,
+								  on_network_removed, o)))
+				op_abandon(o);
 		}
 	}
-	cJSON_Delete(list);
 	if (n > 0) {
 		settle(s);
 		return;
@@ -931,11 +827,15 @@ static void on_networks(struct swap *s, const struct http_response *resp, struct
 	add_extra_labels(a, labels);
 	a->net_creating = true;
 	s->net_creator = true;
-	if (engine(s, "POST", "/networks/create", b, network_created) < 0) {
+	struct op *o = docker_op(s, NULL);
+	if (!o || !(o->id = docker_network_create(a->docker, b, 0, network_created, o))) {
+		if (o)
+			op_abandon(o);
 		s->net_creator = false;
 		net_wake(a, "out of memory");
 		fail(s, NULL, "out of memory");
 	}
+	cJSON_Delete(b);
 	settle(s);
 }
 
@@ -944,16 +844,14 @@ static void network_ensure(struct swap *s)
 	if (check_failed(s))
 		return;
 	s->phase = P_NETWORK;
-	struct buf path;
-	buf_init(&path, 512);
-	buf_append_str(&path, "/networks?filters=");
-	char filter[160];
-	snprintf(filter, sizeof filter, "{\"name\":[\"%s\"]}", s->a->set.network);
-	http_url_encode(&path, filter, strlen(filter));
 	begin_calls(s, network_checked);
-	if (!path.data || engine(s, "GET", path.data, NULL, on_networks) < 0)
+	struct op *o = docker_op(s, NULL);
+	if (o)
+		docker_started(s, o, docker_network_list(s->a->docker, s->a->set.network, NULL, 0,
+							 on_networks, o),
+			       "list networks");
+	else
 		fail(s, NULL, "out of memory");
-	buf_free(&path);
 	end_calls(s);
 }
 
@@ -992,8 +890,13 @@ static void do_pull(struct swap *s)
 	}
 	s->phase = P_DISK;
 	begin_calls(s, pull_images);
-	if (s->a->set.min_free_disk > 0 && engine(s, "GET", "/info", NULL, on_info) < 0)
-		fail(s, NULL, "out of memory");
+	if (s->a->set.min_free_disk > 0) {
+		struct op *o = docker_op(s, NULL);
+		if (o)
+			docker_started(s, o, docker_info(s->a->docker, 0, on_info, o), "info");
+		else
+			fail(s, NULL, "out of memory");
+	}
 	end_calls(s);
 }
 
@@ -1228,24 +1131,22 @@ static void addressed_all(struct swap *s)
 	announce(s, "health", NULL, do_health);
 }
 
+static bool new_created(const struct cont *c) { return c->in_new && c->id[0]; }
+static bool new_with_port(const struct cont *c) { return c->in_new && c->port > 0; }
+static bool old_running(const struct cont *c) { return !c->in_new && !c->gone && is_running(c); }
+
+static uint64_t inspect_address(struct swap *s, struct cont *c, struct op *o)
+{
+	return docker_container_inspect(s->a->docker, c->id, 0, on_address, o);
+}
+
 static void find_addresses(struct swap *s)
 {
 	if (check_failed(s))
 		return;
 	s->phase = P_ADDRESS;
 	begin_calls(s, addressed_all);
-	for (size_t i = 0; i < s->nc; i++) {
-		struct cont *c = &s->c[i];
-		if (!c->in_new || !c->id[0])
-			continue;
-		struct op *o = docker_op(s, c);
-		if (!o) {
-			fail(s, NULL, "out of memory");
-			break;
-		}
-		docker_started(s, o, docker_container_inspect(s->a->docker, c->id, 0, on_address, o),
-			       "inspect");
-	}
+	each_container(s, new_created, inspect_address, "inspect");
 	end_calls(s);
 }
 
@@ -1261,22 +1162,16 @@ static void on_started(const struct docker_result *res, void *arg)
 	settle(s);
 }
 
+static uint64_t start_one(struct swap *s, struct cont *c, struct op *o)
+{
+	return docker_container_start(s->a->docker, c->id, 0, on_started, o);
+}
+
 static void start_new(struct swap *s, void (*then)(struct swap *))
 {
 	s->phase = P_START;
 	begin_calls(s, then);
-	for (size_t i = 0; i < s->nc; i++) {
-		struct cont *c = &s->c[i];
-		if (!c->in_new || !c->id[0])
-			continue;
-		struct op *o = docker_op(s, c);
-		if (!o) {
-			fail(s, NULL, "out of memory");
-			break;
-		}
-		docker_started(s, o, docker_container_start(s->a->docker, c->id, 0, on_started, o),
-			       "start");
-	}
+	each_container(s, new_created, start_one, "start");
 	end_calls(s);
 }
 
@@ -1698,22 +1593,17 @@ static void on_stopped(const struct docker_result *res, void *arg)
 	settle(s);
 }
 
+static uint64_t stop_one(struct swap *s, struct cont *c, struct op *o)
+{
+	/* -1: the container's StopTimeout (its release's stop grace). */
+	return docker_container_stop(s->a->docker, c->id, -1, NULL, 0, on_stopped, o);
+}
+
 static void do_stop(struct swap *s)
 {
 	s->phase = P_STOP;
 	begin_calls(s, stopped_all);
-	for (size_t i = 0; i < s->nc; i++) {
-		struct cont *c = &s->c[i];
-		if (c->in_new || c->gone || !is_running(c))
-			continue;
-		struct op *o = docker_op(s, c);
-		if (!o)
-			break;
-		/* -1: the container's StopTimeout (its release's stop grace). */
-		o->id = docker_container_stop(s->a->docker, c->id, -1, NULL, 0, on_stopped, o);
-		if (!o->id)
-			op_abandon(o);
-	}
+	each_container(s, old_running, stop_one, NULL);
 	end_calls(s);
 }
 
@@ -1912,17 +1802,7 @@ static void recover_find_addresses(struct swap *s)
 	s->failed = false;
 	s->phase = P_ADDRESS;
 	begin_calls(s, recover_addressed);
-	for (size_t i = 0; i < s->nc; i++) {
-		struct cont *c = &s->c[i];
-		if (!c->in_new || c->port <= 0)
-			continue;
-		struct op *o = docker_op(s, c);
-		if (!o)
-			break;
-		o->id = docker_container_inspect(s->a->docker, c->id, 0, on_address, o);
-		if (!o->id)
-			op_abandon(o);
-	}
+	each_container(s, new_with_port, inspect_address, NULL);
 	end_calls(s);
 }
 

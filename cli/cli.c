@@ -177,6 +177,14 @@ int cli_print_json(struct cli *cli, const cJSON *doc)
 	return CLI_OK;
 }
 
+const char *cli_parse_app(struct cli *cli, const struct cli_cmd *spec, int argc, char **argv,
+			  struct args *a, int *rc)
+{
+	if (!cli_parse(cli, spec, argc, argv, a, rc))
+		return NULL;
+	return cli_app(cli, spec, a->pos[0], rc);
+}
+
 int cli_get_shown(struct cli *cli, const struct args *a, const char *path, cJSON **doc)
 {
 	struct err err;

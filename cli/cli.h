@@ -107,6 +107,11 @@ int cli_print_table(struct cli *cli, struct table *t);
  * against the name rule. NULL after printing a usage error (*rc = 2). */
 const char *cli_app(struct cli *cli, const struct cli_cmd *spec, const char *given, int *rc);
 
+/* For commands whose first argument is the app: cli_parse, then cli_app on
+ * it. The app, or NULL with *rc the exit code (0 after --help). */
+const char *cli_parse_app(struct cli *cli, const struct cli_cmd *spec, int argc, char **argv,
+			  struct args *a, int *rc);
+
 /* 0 when name matches [a-z][a-z0-9-]{0,39}. */
 int cli_name_check(const char *what, const char *name, struct err *err);
 

@@ -72,9 +72,7 @@ static int apps_create(struct cli *cli, int argc, char **argv)
 {
 	struct args a;
 	int rc;
-	if (!cli_parse(cli, &create_cmd, argc, argv, &a, &rc))
-		return rc;
-	const char *app = cli_app(cli, &create_cmd, a.pos[0], &rc);
+	const char *app = cli_parse_app(cli, &create_cmd, argc, argv, &a, &rc);
 	if (!app)
 		return rc;
 	const char *strategy = args_get(&a, "strategy");
@@ -140,9 +138,7 @@ static int apps_delete(struct cli *cli, int argc, char **argv)
 {
 	struct args a;
 	int rc;
-	if (!cli_parse(cli, &delete_cmd, argc, argv, &a, &rc))
-		return rc;
-	const char *app = cli_app(cli, &delete_cmd, a.pos[0], &rc);
+	const char *app = cli_parse_app(cli, &delete_cmd, argc, argv, &a, &rc);
 	if (!app)
 		return rc;
 	const char *confirm = args_get(&a, "confirm");
@@ -256,9 +252,7 @@ static int apps_info(struct cli *cli, int argc, char **argv)
 {
 	struct args a;
 	int rc;
-	if (!cli_parse(cli, &info_cmd, argc, argv, &a, &rc))
-		return rc;
-	const char *app = cli_app(cli, &info_cmd, a.pos[0], &rc);
+	const char *app = cli_parse_app(cli, &info_cmd, argc, argv, &a, &rc);
 	if (!app)
 		return rc;
 	if ((rc = cli_connect(cli)) != CLI_OK)
@@ -342,9 +336,7 @@ static int apps_link(struct cli *cli, int argc, char **argv)
 {
 	struct args a;
 	int rc;
-	if (!cli_parse(cli, &link_cmd, argc, argv, &a, &rc))
-		return rc;
-	const char *app = cli_app(cli, &link_cmd, a.pos[0], &rc);
+	const char *app = cli_parse_app(cli, &link_cmd, argc, argv, &a, &rc);
 	if (!app)
 		return rc;
 	const char *url = args_get(&a, "gitlab-url"), *project = args_get(&a, "project");
@@ -418,9 +410,7 @@ static int apps_unlink(struct cli *cli, int argc, char **argv)
 {
 	struct args a;
 	int rc;
-	if (!cli_parse(cli, &unlink_cmd, argc, argv, &a, &rc))
-		return rc;
-	const char *app = cli_app(cli, &unlink_cmd, a.pos[0], &rc);
+	const char *app = cli_parse_app(cli, &unlink_cmd, argc, argv, &a, &rc);
 	if (!app)
 		return rc;
 	if ((rc = cli_connect(cli)) != CLI_OK)

@@ -47,9 +47,7 @@ static int env_show(struct cli *cli, int argc, char **argv)
 {
 	struct args a;
 	int rc;
-	if (!cli_parse(cli, &show_cmd, argc, argv, &a, &rc))
-		return rc;
-	const char *app = cli_app(cli, &show_cmd, a.pos[0], &rc);
+	const char *app = cli_parse_app(cli, &show_cmd, argc, argv, &a, &rc);
 	if (!app)
 		return rc;
 	if ((rc = cli_connect(cli)) != CLI_OK)
@@ -133,9 +131,7 @@ static int env_change(struct cli *cli, const struct cli_cmd *spec, int set, int 
 {
 	struct args a;
 	int rc;
-	if (!cli_parse(cli, spec, argc, argv, &a, &rc))
-		return rc;
-	const char *app = cli_app(cli, spec, a.pos[0], &rc);
+	const char *app = cli_parse_app(cli, spec, argc, argv, &a, &rc);
 	if (!app)
 		return rc;
 	int64_t timeout;
@@ -235,9 +231,7 @@ int commands_scale(struct cli *cli, int argc, char **argv)
 {
 	struct args a;
 	int rc;
-	if (!cli_parse(cli, &scale_cmd, argc, argv, &a, &rc))
-		return rc;
-	const char *app = cli_app(cli, &scale_cmd, a.pos[0], &rc);
+	const char *app = cli_parse_app(cli, &scale_cmd, argc, argv, &a, &rc);
 	if (!app)
 		return rc;
 	const char *service = a.pos[1];

@@ -116,9 +116,7 @@ int commands_logs(struct cli *cli, int argc, char **argv)
 {
 	struct args a;
 	int rc;
-	if (!cli_parse(cli, &logs_cmd, argc, argv, &a, &rc))
-		return rc;
-	const char *app = cli_app(cli, &logs_cmd, a.pos[0], &rc);
+	const char *app = cli_parse_app(cli, &logs_cmd, argc, argv, &a, &rc);
 	if (!app)
 		return rc;
 	struct err err;

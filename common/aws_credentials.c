@@ -16,12 +16,9 @@
 #include "buf.h"
 #include "clock.h"
 #include "http_client.h"
+#include "imds.h"
 #include "json.h"
 #include "log.h"
-
-#define IMDS_DEFAULT_TIMEOUT_MS 1000
-#define IMDS_BODY_MAX (64 * 1024)
-#define IMDS_TOKEN_MAX 4096
 /* After a refresh that failed or left credentials that are not fresh, wait this
  * long before trying again while the old ones are still usable. */
 #define RETRY_THROTTLE_MS 30000
@@ -517,20 +514,14 @@ struct aws_credentials_provider {
 	char *profile;
 	int profile_explicit;
 	char *file_path; /* NULL = no file to look at */
-	char *imds_base; /* "http://169.254.169.254", no trailing '/' */
+	struct imds *imds; /* NULL when that source is off */
 	int use_env, use_file, use_imds;
-	int64_t imds_timeout_ms;
-	struct backoff_policy imds_retry;
 
 	const struct aws_credentials *current;
 	int invalidated;
 	int64_t next_try_mono; /* throttle for refreshes while the old set is usable */
 
 	int refreshing;
-	uint64_t req_id;
-	int token_retried;
-	char *imds_token;
-	int64_t imds_token_until_mono;
 	char *role;
 	char error[ERR_MSG_MAX]; /* why the last refresh failed */
 
@@ -544,8 +535,6 @@ struct aws_credentials_provider {
 static void destroy(struct aws_credentials_provider *p);
 static void refresh_done(struct aws_credentials_provider *p, const struct aws_credentials *c,
 			 const char *error);
-static void imds_token_request(struct aws_credentials_provider *p);
-static void imds_role_request(struct aws_credentials_provider *p);
 
 static void schedule_deliver(struct aws_credentials_provider *p)
 {
@@ -625,7 +614,7 @@ static void on_deliver(struct ev_loop *loop, ev_timer *w, int revents)
 		destroy(p);
 }
 
-/* ---- IMDSv2 ---- */
+/* ---- IMDSv2 (common/imds: the token dance) ---- */
 
 static void imds_fail(struct aws_credentials_provider *p, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -640,75 +629,33 @@ static void imds_fail(struct aws_credentials_provider *p, const char *fmt, ...)
 	refresh_done(p, NULL, msg);
 }
 
-static void imds_forget_token(struct aws_credentials_provider *p)
+/* Why a step got no usable answer: IMDS's error ("session token: ...",
+ * "connect: ...") or the status. */
+static bool imds_step_failed(struct aws_credentials_provider *p, const char *step,
+			     const struct imds_result *r)
 {
-	if (p->imds_token) {
-		secret_release(p->imds_token);
-		wipe_free(p->imds_token);
-		p->imds_token = NULL;
-	}
-}
-
-/* A 401 on a metadata GET means our token is no longer accepted: get a new
- * one, once per refresh. */
-static int imds_retry_token(struct aws_credentials_provider *p, const struct http_response *r)
-{
-	if (r->status != 401 || p->token_retried)
-		return 0;
-	p->token_retried = 1;
-	imds_forget_token(p);
-	imds_token_request(p);
-	return 1;
-}
-
-static const char *describe(const struct http_response *r, char *out, size_t cap)
-{
-	if (r->error != HTTP_OK)
-		snprintf(out, cap, "%s", r->error_msg && *r->error_msg ? r->error_msg
-								 : http_error_name(r->error));
+	if (r->error && strncmp(r->error, "session token", 13) == 0)
+		imds_fail(p, "IMDS: %s", r->error);
+	else if (r->error)
+		imds_fail(p, "IMDS: %s: %s", step, r->error);
+	else if (r->status != 200)
+		imds_fail(p, "IMDS: %s: HTTP %ld", step, r->status);
 	else
-		snprintf(out, cap, "HTTP %ld", r->status);
-	return out;
+		return false;
+	return true;
 }
 
-static void start_http(struct aws_credentials_provider *p, const char *method, const char *path,
-		       const char *header, http_done_fn done)
-{
-	char url[1024];
-	snprintf(url, sizeof url, "%s%s", p->imds_base, path);
-	const char *headers[] = {header, NULL};
-	struct http_request req = {
-		.method = method,
-		.url = url,
-		.headers = headers,
-		.timeout_ms = p->imds_timeout_ms,
-		.connect_timeout_ms = p->imds_timeout_ms,
-		.max_body = IMDS_BODY_MAX,
-		.retry = &p->imds_retry,
-		.on_done = done,
-		.arg = p,
-	};
-	p->req_id = http_client_start(p->http, &req);
-	if (!p->req_id)
-		imds_fail(p, "IMDS: could not start a request to %s", url);
-}
-
-static void on_imds_creds(const struct http_response *r, void *arg)
+static void on_imds_creds(const struct imds_result *r, void *arg)
 {
 	struct aws_credentials_provider *p = arg;
-	p->req_id = 0;
-	char why[256];
-	if (imds_retry_token(p, r))
+	char step[128];
+	snprintf(step, sizeof step, "credentials of role '%s'", p->role);
+	if (imds_step_failed(p, step, r))
 		return;
-	if (r->error != HTTP_OK || r->status != 200) {
-		imds_fail(p, "IMDS: credentials of role '%s': %s", p->role,
-			  describe(r, why, sizeof why));
-		return;
-	}
 	struct err e = {{0}};
 	cJSON *doc = json_parse(r->body, r->body_len, IMDS_BODY_MAX, &e);
 	if (!doc) {
-		imds_fail(p, "IMDS: credentials of role '%s': %s", p->role, e.msg);
+		imds_fail(p, "IMDS: %s: %s", step, e.msg);
 		return;
 	}
 	const char *code = NULL, *id = NULL, *secret = NULL, *token = NULL, *exp = NULL;
@@ -719,13 +666,13 @@ static void on_imds_creds(const struct http_response *r, void *arg)
 	    json_get_string(doc, NULL, "SecretAccessKey", 1024, &secret, &e) < 0 ||
 	    json_get_string(doc, NULL, "Token", 16384, &token, &e) < 0 ||
 	    json_get_string(doc, NULL, "Expiration", 64, &exp, &e) < 0) {
-		imds_fail(p, "IMDS: credentials of role '%s': %s", p->role, e.msg);
+		imds_fail(p, "IMDS: %s: %s", step, e.msg);
 	} else if (strcmp(code, "Success") != 0) {
-		imds_fail(p, "IMDS: credentials of role '%s': Code is '%s'", p->role, code);
+		imds_fail(p, "IMDS: %s: Code is '%s'", step, code);
 	} else if (clock_parse_rfc3339(exp, &exp_ms) < 0) {
-		imds_fail(p, "IMDS: credentials of role '%s': bad Expiration '%s'", p->role, exp);
+		imds_fail(p, "IMDS: %s: bad Expiration '%s'", step, exp);
 	} else if (!(c = aws_credentials_make(id, secret, token, exp_ms, "imds"))) {
-		imds_fail(p, "IMDS: credentials of role '%s': empty or malformed keys", p->role);
+		imds_fail(p, "IMDS: %s: empty or malformed keys", step);
 	} else {
 		refresh_done(p, c, NULL);
 		aws_credentials_unref(c);
@@ -754,21 +701,15 @@ static int role_ok(const char *s, size_t len)
 	return 1;
 }
 
-static void on_imds_role(const struct http_response *r, void *arg)
+static void on_imds_role(const struct imds_result *r, void *arg)
 {
 	struct aws_credentials_provider *p = arg;
-	p->req_id = 0;
-	char why[256];
-	if (imds_retry_token(p, r))
-		return;
-	if (r->error == HTTP_OK && r->status == 404) {
+	if (!r->error && r->status == 404) {
 		imds_fail(p, "IMDS: no IAM role is attached to this instance (HTTP 404)");
 		return;
 	}
-	if (r->error != HTTP_OK || r->status != 200) {
-		imds_fail(p, "IMDS: role name: %s", describe(r, why, sizeof why));
+	if (imds_step_failed(p, "role name", r))
 		return;
-	}
 	/* One role per instance profile: the first line. */
 	const char *s = r->body, *e = s + strcspn(s, "\r\n");
 	while (s < e && (*s == ' ' || *s == '\t'))
@@ -785,73 +726,19 @@ static void on_imds_role(const struct http_response *r, void *arg)
 		imds_fail(p, "IMDS: out of memory");
 		return;
 	}
-	char path[256], header[IMDS_TOKEN_MAX + 64];
+	char path[256];
 	snprintf(path, sizeof path, "/latest/meta-data/iam/security-credentials/%s", p->role);
-	snprintf(header, sizeof header, "X-aws-ec2-metadata-token: %s", p->imds_token);
-	start_http(p, "GET", path, header, on_imds_creds);
-	explicit_bzero(header, sizeof header);
-}
-
-static void imds_role_request(struct aws_credentials_provider *p)
-{
-	char header[IMDS_TOKEN_MAX + 64];
-	snprintf(header, sizeof header, "X-aws-ec2-metadata-token: %s", p->imds_token);
-	start_http(p, "GET", "/latest/meta-data/iam/security-credentials/", header, on_imds_role);
-	explicit_bzero(header, sizeof header);
-}
-
-static void on_imds_token(const struct http_response *r, void *arg)
-{
-	struct aws_credentials_provider *p = arg;
-	p->req_id = 0;
-	char why[256];
-	if (r->error != HTTP_OK || r->status != 200) {
-		imds_fail(p, "IMDS: session token: %s", describe(r, why, sizeof why));
-		return;
-	}
-	size_t n = r->body_len;
-	while (n > 0 && (r->body[n - 1] == '\n' || r->body[n - 1] == '\r'))
-		n--;
-	if (n == 0 || n > IMDS_TOKEN_MAX) {
-		imds_fail(p, "IMDS: session token: empty or too long");
-		return;
-	}
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)r->body[i];
-		if (c <= 0x20 || c == 0x7f) {
-			imds_fail(p, "IMDS: session token: malformed");
-			return;
-		}
-	}
-	imds_forget_token(p);
-	p->imds_token = strndup(r->body, n);
-	if (!p->imds_token) {
-		imds_fail(p, "IMDS: out of memory");
-		return;
-	}
-	secret_hold(p->imds_token);
-	/* Reuse it for its TTL, less a minute of margin. */
-	p->imds_token_until_mono = clock_mono_ms() + (AWS_IMDS_TOKEN_TTL_S - 60) * 1000LL;
-	imds_role_request(p);
-}
-
-static void imds_token_request(struct aws_credentials_provider *p)
-{
-	char header[80];
-	snprintf(header, sizeof header, "X-aws-ec2-metadata-token-ttl-seconds: %d",
-		 AWS_IMDS_TOKEN_TTL_S);
-	start_http(p, "PUT", "/latest/api/token", header, on_imds_token);
+	if (imds_get(p->imds, path, on_imds_creds, p) < 0)
+		imds_fail(p, "IMDS: could not start a request to %s%s", imds_endpoint(p->imds),
+			  path);
 }
 
 static void imds_start(struct aws_credentials_provider *p)
 {
-	p->token_retried = 0;
-	if (p->imds_token && clock_mono_ms() < p->imds_token_until_mono) {
-		imds_role_request(p);
-	} else {
-		imds_forget_token(p);
-		imds_token_request(p);
-	}
+	static const char path[] = "/latest/meta-data/iam/security-credentials/";
+	if (imds_get(p->imds, path, on_imds_role, p) < 0)
+		imds_fail(p, "IMDS: could not start a request to %s%s", imds_endpoint(p->imds),
+			  path);
 }
 
 /* ---- refresh ---- */
@@ -1008,12 +895,6 @@ static char *expand_home(const char *path)
 	return out;
 }
 
-static int env_true(const char *name)
-{
-	const char *v = getenv(name);
-	return v && strcasecmp(v, "true") == 0;
-}
-
 struct aws_credentials_provider *aws_credentials_new(struct ev_loop *loop,
 						     struct http_client *client,
 						     const struct aws_credentials_opts *opts,
@@ -1038,7 +919,7 @@ struct aws_credentials_provider *aws_credentials_new(struct ev_loop *loop,
 	p->deliver.data = p;
 	p->use_env = !opts->no_env;
 	p->use_file = !opts->no_file;
-	p->use_imds = !opts->no_imds && !env_true("AWS_EC2_METADATA_DISABLED");
+	p->use_imds = !opts->no_imds && !imds_disabled();
 
 	const char *profile = opts->profile ? opts->profile : env_nonempty("AWS_PROFILE");
 	p->profile_explicit = profile != NULL;
@@ -1048,25 +929,20 @@ struct aws_credentials_provider *aws_credentials_new(struct ev_loop *loop,
 					     : env_nonempty("AWS_SHARED_CREDENTIALS_FILE");
 	p->file_path = expand_home(file ? file : "~/.aws/credentials");
 
-	const char *ep = opts->imds_endpoint ? opts->imds_endpoint
-					     : env_nonempty("AWS_EC2_METADATA_SERVICE_ENDPOINT");
-	p->imds_base = strdup(ep ? ep : AWS_IMDS_DEFAULT_ENDPOINT);
-	if (!p->profile || !p->imds_base || (file && !p->file_path && file[0] != '~')) {
+	if (!p->profile || (file && !p->file_path && file[0] != '~')) {
 		err_set(err, "aws credentials: out of memory");
 		goto fail;
 	}
-	size_t n = strlen(p->imds_base);
-	while (n > 0 && p->imds_base[n - 1] == '/')
-		p->imds_base[--n] = '\0';
-	if (strncmp(p->imds_base, "http://", 7) != 0 && strncmp(p->imds_base, "https://", 8) != 0) {
-		err_set(err, "aws credentials: IMDS endpoint '%s' is not an http(s) URL",
-			p->imds_base);
-		goto fail;
+	/* A bad endpoint is an error even while the source is switched off. */
+	if (client) {
+		struct imds_opts io = {.endpoint = opts->imds_endpoint,
+				       .timeout_ms = opts->imds_timeout_ms,
+				       .retry = opts->imds_retry};
+		if (!(p->imds = imds_new(client, &io, err))) {
+			err_prefix(err, "aws credentials");
+			goto fail;
+		}
 	}
-	p->imds_timeout_ms = opts->imds_timeout_ms > 0 ? opts->imds_timeout_ms
-						       : IMDS_DEFAULT_TIMEOUT_MS;
-	p->imds_retry = opts->imds_retry ? *opts->imds_retry
-					 : (struct backoff_policy){100, 1000, 3};
 	return p;
 fail:
 	destroy(p);
@@ -1075,8 +951,7 @@ fail:
 
 static void destroy(struct aws_credentials_provider *p)
 {
-	if (p->req_id && p->http)
-		http_client_cancel(p->http, p->req_id);
+	imds_free(p->imds);
 	ev_timer_stop(p->loop, &p->deliver);
 	while (p->waiters) {
 		struct waiter *next = p->waiters->next;
@@ -1084,11 +959,9 @@ static void destroy(struct aws_credentials_provider *p)
 		p->waiters = next;
 	}
 	aws_credentials_unref(p->current);
-	imds_forget_token(p);
 	free(p->role);
 	free(p->profile);
 	free(p->file_path);
-	free(p->imds_base);
 	free(p);
 }
 

@@ -5,8 +5,8 @@
  *   1. environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN;
  *   2. the shared credentials file: AWS_SHARED_CREDENTIALS_FILE or
  *      ~/.aws/credentials, profile AWS_PROFILE or "default" (INI; at most 64 KiB);
- *   3. EC2 instance metadata, IMDSv2 only (token PUT, role name, role
- *      credentials), at AWS_EC2_METADATA_SERVICE_ENDPOINT or
+ *   3. EC2 instance metadata, IMDSv2 only (common/imds: token PUT, then role
+ *      name and role credentials), at AWS_EC2_METADATA_SERVICE_ENDPOINT or
  *      http://169.254.169.254; AWS_EC2_METADATA_DISABLED=true turns it off.
  * A source that is present but wrong (only half the keys in the environment,
  * a malformed file, a named profile that does not exist) is an error, not a
@@ -41,6 +41,7 @@
 
 #include "backoff.h"
 #include "err.h"
+#include "imds.h"
 
 struct ev_loop;
 struct http_client;
@@ -57,8 +58,8 @@ struct aws_credentials {
 #define AWS_CREDENTIALS_FILE_MAX (64 * 1024)
 #define AWS_CREDENTIALS_REFRESH_SOON_MS (15 * 60 * 1000) /* background refresh */
 #define AWS_CREDENTIALS_REFRESH_NOW_MS (5 * 60 * 1000)   /* callers wait */
-#define AWS_IMDS_DEFAULT_ENDPOINT "http://169.254.169.254"
-#define AWS_IMDS_TOKEN_TTL_S 21600
+#define AWS_IMDS_DEFAULT_ENDPOINT IMDS_DEFAULT_ENDPOINT
+#define AWS_IMDS_TOKEN_TTL_S IMDS_TOKEN_TTL_S
 
 struct aws_credentials_opts {
 	const char *profile;       /* NULL = $AWS_PROFILE, else "default" */

@@ -72,9 +72,14 @@ struct cwlogs {
 	int unreachable_attempts;
 	int retention_days;
 	struct cwcall *calls;
+	struct cwread *reads;     /* FilterLogEvents / GetLogEvents calls */
 	uint64_t next_id;
 	size_t pending;
 };
+
+struct cwread;
+static void read_free(struct cwread *r);
+static struct cwread *read_find(struct cwlogs *cw, uint64_t id);
 
 /* ---- payload hash ---- */
 
@@ -838,6 +843,8 @@ void cwlogs_free(struct cwlogs *cw)
 		return;
 	while (cw->calls)
 		call_free(cw->calls);
+	while (cw->reads)
+		read_free(cw->reads);
 	sigv4_signer_clear(&cw->signer);
 	free(cw->url);
 	free(cw->ca_file);
@@ -890,9 +897,470 @@ void cwlogs_cancel(struct cwlogs *cw, uint64_t id)
 			return;
 		}
 	}
+	struct cwread *r = read_find(cw, id);
+	if (r)
+		read_free(r);
 }
 
 size_t cwlogs_pending(const struct cwlogs *cw)
 {
 	return cw ? cw->pending : 0;
+}
+
+/* ---- reading: FilterLogEvents, GetLogEvents ---- */
+
+enum read_kind { RD_FILTER, RD_GET };
+
+struct cwread {
+	struct cwlogs *cw;
+	struct cwread *prev, *next;
+	uint64_t id;
+	enum read_kind kind;
+	char *body;
+	size_t body_len;
+	char *stream;            /* GetLogEvents: names its events */
+	int attempts;
+	bool creds_retried, skew_retried, waiting_creds, timer_on;
+	uint64_t http_id;
+	ev_timer delay;
+	const struct aws_credentials *used;
+	char code[128];
+	char msg[512];
+	long http_status;
+	cwlogs_read_fn done;
+	void *arg;
+};
+
+static struct cwread *read_find(struct cwlogs *cw, uint64_t id)
+{
+	for (struct cwread *r = cw->reads; r; r = r->next)
+		if (r->id == id)
+			return r;
+	return NULL;
+}
+
+static void read_on_creds(const struct aws_credentials *creds, const char *error, void *arg);
+
+static void read_free(struct cwread *r)
+{
+	struct cwlogs *cw = r->cw;
+	if (r->waiting_creds)
+		aws_credentials_cancel(cw->creds, read_on_creds, r);
+	if (r->timer_on)
+		ev_timer_stop(cw->loop, &r->delay);
+	if (r->http_id)
+		http_client_cancel(cw->http, r->http_id);
+	if (r->used)
+		aws_credentials_unref(r->used);
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		cw->reads = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	cw->pending--;
+	free(r->body);
+	free(r->stream);
+	free(r);
+}
+
+/* Ends the call with a failure (or a not-found, which is an empty success). */
+static void read_fail(struct cwread *r, enum cwlogs_status st, bool not_found)
+{
+	struct cwlogs_read_result res = {
+		.status = st,
+		.not_found = not_found,
+		.http_status = r->http_status,
+		.attempts = r->attempts,
+	};
+	char code[sizeof r->code], msg[sizeof r->msg];
+	memcpy(code, r->code, sizeof code);
+	memcpy(msg, r->msg, sizeof msg);
+	res.error_code = st == CWLOGS_OK ? "" : code;
+	res.message = st == CWLOGS_OK ? "" : msg;
+	cwlogs_read_fn done = r->done;
+	void *arg = r->arg;
+	read_free(r);
+	done(&res, arg);
+}
+
+static void read_attempt(struct cwread *r)
+{
+	r->waiting_creds = true;
+	aws_credentials_get(r->cw->creds, read_on_creds, r);
+}
+
+static void read_on_delay(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	(void)loop;
+	(void)revents;
+	struct cwread *r = t->data;
+	r->timer_on = false;
+	read_attempt(r);
+}
+
+static void read_retry(struct cwread *r, int64_t delay_ms)
+{
+	if (delay_ms <= 0) {
+		read_attempt(r);
+		return;
+	}
+	ev_timer_set(&r->delay, (double)delay_ms / 1000.0, 0.0);
+	ev_timer_start(r->cw->loop, &r->delay);
+	r->timer_on = true;
+}
+
+/* A failure another attempt may cure, while attempts last. */
+static void read_retryable(struct cwread *r)
+{
+	if (r->attempts >= CWLOGS_READ_ATTEMPTS) {
+		read_fail(r, CWLOGS_UNREACHABLE, false);
+		return;
+	}
+	read_retry(r, backoff_delay(&r->cw->retry, r->attempts));
+}
+
+static void read_on_http(const struct http_response *resp, void *arg);
+
+static void read_on_creds(const struct aws_credentials *creds, const char *error, void *arg)
+{
+	struct cwread *r = arg;
+	struct cwlogs *cw = r->cw;
+	r->waiting_creds = false;
+	if (!creds) {
+		snprintf(r->code, sizeof r->code, "NoCredentials");
+		snprintf(r->msg, sizeof r->msg, "credentials: %s", error ? error : "none");
+		read_fail(r, CWLOGS_UNREACHABLE, false);
+		return;
+	}
+	const char *op = r->kind == RD_FILTER ? "FilterLogEvents" : "GetLogEvents";
+	char target[96];
+	snprintf(target, sizeof target, CWLOGS_TARGET_PREFIX "%s", op);
+	struct sigv4_header sh[] = {
+		{"Host", cw->host},
+		{"Content-Type", CWLOGS_CONTENT_TYPE},
+		{"X-Amz-Target", target},
+	};
+	struct sigv4_request sreq = {
+		.method = "POST",
+		.path = cw->path,
+		.headers = sh,
+		.header_count = 3,
+		.payload_kind = SIGV4_PAYLOAD_BYTES,
+		.payload = r->body,
+		.payload_len = r->body_len,
+	};
+	struct sigv4_result sr;
+	struct err err = {{0}};
+	if (sigv4_sign(&cw->signer, creds, &sreq, &sr, &err) < 0) {
+		sigv4_result_free(&sr);
+		snprintf(r->code, sizeof r->code, "SigningError");
+		snprintf(r->msg, sizeof r->msg, "signing: %.400s", err.msg);
+		read_fail(r, CWLOGS_UNREACHABLE, false);
+		return;
+	}
+	struct buf lines;
+	buf_init(&lines, 64 << 10);
+	int rc = buf_printf(&lines, "Host: %s\r\nContent-Type: %s\r\nX-Amz-Target: %s\r\n",
+			    cw->host, CWLOGS_CONTENT_TYPE, target);
+	if (rc == 0)
+		rc = sigv4_result_append_headers(&sr, &lines);
+	sigv4_result_free(&sr);
+	const char *hdrs[8];
+	size_t nh = 0;
+	for (char *s = lines.data; rc == 0 && s && *s && nh < 7;) {
+		char *eol = strstr(s, "\r\n");
+		if (!eol)
+			break;
+		*eol = '\0';
+		hdrs[nh++] = s;
+		s = eol + 2;
+	}
+	hdrs[nh] = NULL;
+	struct http_request req = {
+		.method = "POST",
+		.url = cw->url,
+		.headers = hdrs,
+		.body = r->body,
+		.body_len = r->body_len,
+		.timeout_ms = cw->timeout_ms,
+		.max_body = CWLOGS_READ_MAX_ANSWER,
+		.ca_file = cw->ca_file,
+		.on_done = read_on_http,
+		.arg = r,
+	};
+	r->http_id = rc == 0 ? http_client_start(cw->http, &req) : 0;
+	if (lines.data)
+		memset(lines.data, 0, lines.len);
+	buf_free(&lines);
+	if (!r->http_id) {
+		snprintf(r->code, sizeof r->code, "InternalError");
+		snprintf(r->msg, sizeof r->msg, "could not start the request");
+		read_fail(r, CWLOGS_UNREACHABLE, false);
+		return;
+	}
+	r->attempts++;
+	if (r->used)
+		aws_credentials_unref(r->used);
+	r->used = aws_credentials_ref(creds);
+}
+
+static void read_on_http(const struct http_response *resp, void *arg)
+{
+	struct cwread *r = arg;
+	struct cwlogs *cw = r->cw;
+	r->http_id = 0;
+	r->http_status = resp->status;
+	if (resp->error != HTTP_OK) {
+		snprintf(r->code, sizeof r->code, "Transport");
+		snprintf(r->msg, sizeof r->msg, "%s: %s", http_error_name(resp->error),
+			 resp->error_msg);
+		read_retryable(r);
+		return;
+	}
+	if (resp->status >= 200 && resp->status < 300) {
+		cJSON *doc = NULL;
+		struct cwlogs_read_event *ev = NULL;
+		size_t n = 0;
+		const char *next = NULL, *back = NULL;
+		struct err err = {{0}};
+		if (cwlogs_parse_events(resp->body, resp->body_len, r->stream ? r->stream : "", &doc,
+					&ev, &n, &next, &back, &err) < 0) {
+			snprintf(r->code, sizeof r->code, "BadAnswer");
+			snprintf(r->msg, sizeof r->msg, "%s", err.msg);
+			read_fail(r, CWLOGS_UNREACHABLE, false);
+			return;
+		}
+		struct cwlogs_read_result res = {
+			.status = CWLOGS_OK,
+			.http_status = resp->status,
+			.error_code = "",
+			.message = "",
+			.events = ev,
+			.count = n,
+			.next_token = next,
+			.backward_token = back,
+			.attempts = r->attempts,
+		};
+		cwlogs_read_fn done = r->done;
+		void *darg = r->arg;
+		char *stream = r->stream; /* GetLogEvents' events point at it */
+		r->stream = NULL;
+		read_free(r);
+		done(&res, darg);
+		free(ev);
+		free(stream);
+		cJSON_Delete(doc);
+		return;
+	}
+	cwlogs_parse_error(resp->body, resp->body_len, http_response_header(resp, "x-amzn-ErrorType"),
+			   r->code, sizeof r->code, r->msg, sizeof r->msg);
+	switch (cwlogs_classify(resp->status, r->code, r->msg)) {
+	case CWLOGS_CLASS_NOT_FOUND:
+		read_fail(r, CWLOGS_OK, true);
+		return;
+	case CWLOGS_CLASS_THROTTLE:
+	case CWLOGS_CLASS_RETRY:
+		read_retryable(r);
+		return;
+	case CWLOGS_CLASS_CREDENTIALS:
+		if (r->creds_retried) {
+			read_fail(r, CWLOGS_UNREACHABLE, false);
+			return;
+		}
+		r->creds_retried = true;
+		aws_credentials_invalidate(cw->creds, r->used);
+		read_retry(r, 0);
+		return;
+	case CWLOGS_CLASS_SKEW:
+		if (!r->skew_retried && sigv4_signer_note_skew(&cw->signer, r->code, r->msg,
+							       http_response_header(resp, "Date"))) {
+			r->skew_retried = true;
+			read_retry(r, 0);
+			return;
+		}
+		read_fail(r, CWLOGS_UNREACHABLE, false);
+		return;
+	case CWLOGS_CLASS_REFUSED:
+		read_fail(r, CWLOGS_REFUSED, false);
+		return;
+	case CWLOGS_CLASS_EXISTS:
+	case CWLOGS_CLASS_OTHER:
+		read_fail(r, CWLOGS_UNREACHABLE, false);
+		return;
+	}
+}
+
+static int add_str(struct buf *b, const char *key, const char *v)
+{
+	if (!v)
+		return 0;
+	int rc = buf_printf(b, "%s\"%s\":", b->len > 1 ? "," : "", key);
+	return rc | cwlogs_json_string(b, v, strlen(v));
+}
+
+static int add_int(struct buf *b, const char *key, int64_t v)
+{
+	return buf_printf(b, "%s\"%s\":%" PRId64, b->len > 1 ? "," : "", key, v);
+}
+
+int cwlogs_filter_body(struct buf *out, const struct cwlogs_filter *f)
+{
+	if (!f || !f->group || !*f->group || f->limit < 0 || f->limit > 10000)
+		return -1;
+	int rc = buf_append_byte(out, '{');
+	rc |= add_str(out, "logGroupName", f->group);
+	if (f->stream_prefix && *f->stream_prefix)
+		rc |= add_str(out, "logStreamNamePrefix", f->stream_prefix);
+	if (f->start_ms > 0)
+		rc |= add_int(out, "startTime", f->start_ms);
+	if (f->end_ms > 0)
+		rc |= add_int(out, "endTime", f->end_ms);
+	if (f->limit > 0)
+		rc |= add_int(out, "limit", f->limit);
+	if (f->filter_pattern && *f->filter_pattern)
+		rc |= add_str(out, "filterPattern", f->filter_pattern);
+	if (f->next_token && *f->next_token)
+		rc |= add_str(out, "nextToken", f->next_token);
+	rc |= buf_append_byte(out, '}');
+	return rc ? -1 : 0;
+}
+
+int cwlogs_get_body(struct buf *out, const struct cwlogs_get *g)
+{
+	if (!g || !g->group || !*g->group || !g->stream || !*g->stream || g->limit < 0 ||
+	    g->limit > 10000)
+		return -1;
+	int rc = buf_append_byte(out, '{');
+	rc |= add_str(out, "logGroupName", g->group);
+	rc |= add_str(out, "logStreamName", g->stream);
+	if (g->start_ms > 0)
+		rc |= add_int(out, "startTime", g->start_ms);
+	if (g->end_ms > 0)
+		rc |= add_int(out, "endTime", g->end_ms);
+	if (g->limit > 0)
+		rc |= add_int(out, "limit", g->limit);
+	rc |= buf_printf(out, ",\"startFromHead\":%s", g->start_from_head ? "true" : "false");
+	if (g->next_token && *g->next_token)
+		rc |= add_str(out, "nextToken", g->next_token);
+	rc |= buf_append_byte(out, '}');
+	return rc ? -1 : 0;
+}
+
+static const char *opt_string(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+int cwlogs_parse_events(const char *body, size_t len, const char *default_stream,
+			struct cJSON **doc_out, struct cwlogs_read_event **events, size_t *count,
+			const char **next_token, const char **backward_token, struct err *err)
+{
+	*doc_out = NULL;
+	*events = NULL;
+	*count = 0;
+	*next_token = *backward_token = NULL;
+	cJSON *doc = json_parse(body, len, CWLOGS_READ_MAX_ANSWER, err);
+	if (!doc)
+		return err_prefix(err, "cwlogs: answer");
+	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(doc, "events");
+	if (!cJSON_IsObject(doc) || (arr && !cJSON_IsArray(arr))) {
+		cJSON_Delete(doc);
+		return err_set(err, "cwlogs: answer without an events array");
+	}
+	size_t n = (size_t)cJSON_GetArraySize(arr);
+	struct cwlogs_read_event *ev = n ? calloc(n, sizeof *ev) : NULL;
+	if (n && !ev) {
+		cJSON_Delete(doc);
+		return err_set(err, "cwlogs: out of memory");
+	}
+	size_t i = 0;
+	const cJSON *e;
+	cJSON_ArrayForEach(e, arr)
+	{
+		char path[JSON_PATH_MAX];
+		json_path_index(path, sizeof path, "events", i);
+		int64_t ts, ing;
+		const char *msg, *stream, *id;
+		if (json_get_int(e, path, "timestamp", 0, JSON_INT_LIMIT, &ts, err) < 0 ||
+		    json_get_int_opt(e, path, "ingestionTime", 0, JSON_INT_LIMIT, 0, &ing, err) < 0 ||
+		    json_get_string(e, path, "message", (size_t)1 << 20, &msg, err) < 0 ||
+		    json_get_string_opt(e, path, "logStreamName", 512, default_stream, &stream, err) <
+			    0 ||
+		    json_get_string_opt(e, path, "eventId", 256, "", &id, err) < 0) {
+			free(ev);
+			cJSON_Delete(doc);
+			return err_prefix(err, "cwlogs: answer");
+		}
+		ev[i++] = (struct cwlogs_read_event){ts, ing, stream, msg, id};
+	}
+	*next_token = opt_string(doc, "nextToken");
+	if (!*next_token)
+		*next_token = opt_string(doc, "nextForwardToken");
+	*backward_token = opt_string(doc, "nextBackwardToken");
+	*doc_out = doc;
+	*events = ev;
+	*count = i;
+	return 0;
+}
+
+static uint64_t read_start(struct cwlogs *cw, enum read_kind kind, struct buf *body,
+			   const char *stream, cwlogs_read_fn done, void *arg)
+{
+	struct cwread *r = calloc(1, sizeof *r);
+	if (!r) {
+		buf_free(body);
+		return 0;
+	}
+	r->body = buf_detach(body, &r->body_len);
+	r->stream = stream ? strdup(stream) : NULL;
+	if (!r->body || (stream && !r->stream)) {
+		free(r->body);
+		free(r->stream);
+		free(r);
+		return 0;
+	}
+	r->cw = cw;
+	r->id = cw->next_id++;
+	r->kind = kind;
+	r->done = done;
+	r->arg = arg;
+	ev_timer_init(&r->delay, read_on_delay, 0.0, 0.0);
+	r->delay.data = r;
+	r->next = cw->reads;
+	if (cw->reads)
+		cw->reads->prev = r;
+	cw->reads = r;
+	cw->pending++;
+	read_attempt(r);
+	return r->id;
+}
+
+uint64_t cwlogs_filter_events(struct cwlogs *cw, const struct cwlogs_filter *f,
+			      cwlogs_read_fn done, void *arg)
+{
+	if (!cw || !done)
+		return 0;
+	struct buf body;
+	buf_init(&body, 64 << 10);
+	if (cwlogs_filter_body(&body, f) < 0) {
+		buf_free(&body);
+		return 0;
+	}
+	return read_start(cw, RD_FILTER, &body, NULL, done, arg);
+}
+
+uint64_t cwlogs_get_events(struct cwlogs *cw, const struct cwlogs_get *g, cwlogs_read_fn done,
+			   void *arg)
+{
+	if (!cw || !done)
+		return 0;
+	struct buf body;
+	buf_init(&body, 64 << 10);
+	if (cwlogs_get_body(&body, g) < 0) {
+		buf_free(&body);
+		return 0;
+	}
+	return read_start(cw, RD_GET, &body, g->stream, done, arg);
 }

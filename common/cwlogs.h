@@ -1,6 +1,8 @@
 /*
  * cwlogs: a CloudWatch Logs client for the log shipper: PutLogEvents, with
- * the log group and stream created on demand, over the AWS JSON 1.1 protocol
+ * the log group and stream created on demand (and, for the coordinator's
+ * `slipway logs`, FilterLogEvents and GetLogEvents: see "reading" below),
+ * over the AWS JSON 1.1 protocol
  * (POST / with `X-Amz-Target: Logs_20140328.<Operation>` and
  * `Content-Type: application/x-amz-json-1.1`), SigV4-signed (service "logs")
  * with credentials from aws_credentials.
@@ -44,6 +46,7 @@
 #ifndef SLIPWAY_CWLOGS_H
 #define SLIPWAY_CWLOGS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -54,6 +57,7 @@
 struct ev_loop;
 struct http_client;
 struct cwlogs;
+struct cJSON;
 
 #define CWLOGS_SERVICE "logs"
 #define CWLOGS_TARGET_PREFIX "Logs_20140328."
@@ -161,5 +165,79 @@ enum cwlogs_error_class {
 	CWLOGS_CLASS_OTHER,
 };
 enum cwlogs_error_class cwlogs_classify(long status, const char *code, const char *message);
+
+/* ---- reading: FilterLogEvents and GetLogEvents (the coordinator's
+ * `slipway logs` in CloudWatch mode) ----
+ *
+ * One call = one request (one page). Throttling, 5xx and transport failures
+ * are retried with backoff up to CWLOGS_READ_ATTEMPTS attempts in all (a
+ * person is waiting: the caller answers 503 rather than wait forever);
+ * credentials are refreshed once and a clock skew corrected once, as for
+ * puts. ResourceNotFoundException (no such group or stream: nothing was ever
+ * shipped) is CWLOGS_OK with not_found set and no events;
+ * InvalidParameterException and the like are CWLOGS_REFUSED.
+ */
+#define CWLOGS_READ_ATTEMPTS 4
+#define CWLOGS_READ_MAX_ANSWER ((size_t)16 << 20) /* 1 MB of events, escaped */
+
+struct cwlogs_read_event {
+	int64_t ts_ms;
+	int64_t ingestion_ms;   /* 0 when absent */
+	const char *stream;     /* FilterLogEvents: logStreamName; GetLogEvents: the stream asked for */
+	const char *message;
+	const char *event_id;   /* FilterLogEvents: eventId; "" otherwise */
+};
+
+struct cwlogs_read_result {
+	enum cwlogs_status status;
+	bool not_found;                 /* the group (or stream) does not exist */
+	long http_status;
+	const char *error_code;         /* "" on success */
+	const char *message;            /* "" on success */
+	const struct cwlogs_read_event *events;
+	size_t count;
+	/* FilterLogEvents: nextToken, NULL on the last page. GetLogEvents:
+	 * nextForwardToken (always given; the same token again means no new
+	 * events yet), and nextBackwardToken. */
+	const char *next_token;
+	const char *backward_token;
+	int attempts;
+};
+
+typedef void (*cwlogs_read_fn)(const struct cwlogs_read_result *res, void *arg);
+
+struct cwlogs_filter {
+	const char *group;              /* required */
+	const char *stream_prefix;      /* logStreamNamePrefix; NULL = every stream */
+	int64_t start_ms;               /* startTime; 0 = none */
+	int64_t end_ms;                 /* endTime; 0 = none */
+	int limit;                      /* 1..10000; 0 = the service's default */
+	const char *filter_pattern;     /* NULL = every event */
+	const char *next_token;         /* NULL = the first page */
+};
+
+struct cwlogs_get {
+	const char *group;              /* required */
+	const char *stream;             /* required */
+	int64_t start_ms, end_ms;       /* 0 = none */
+	int limit;                      /* 1..10000; 0 = the service's default */
+	bool start_from_head;           /* false: the newest events (the service's default) */
+	const char *next_token;
+};
+
+/* Both return a call id (cwlogs_cancel stops it), or 0 on bad arguments. */
+uint64_t cwlogs_filter_events(struct cwlogs *cw, const struct cwlogs_filter *f,
+			      cwlogs_read_fn done, void *arg);
+uint64_t cwlogs_get_events(struct cwlogs *cw, const struct cwlogs_get *g, cwlogs_read_fn done,
+			   void *arg);
+
+/* The request bodies and the answer parser, exposed for tests. The parsed
+ * events point into *doc, which the caller frees with cJSON_Delete (and the
+ * event array with free). default_stream names GetLogEvents' events. */
+int cwlogs_filter_body(struct buf *out, const struct cwlogs_filter *f);
+int cwlogs_get_body(struct buf *out, const struct cwlogs_get *g);
+int cwlogs_parse_events(const char *body, size_t len, const char *default_stream,
+			struct cJSON **doc, struct cwlogs_read_event **events, size_t *count,
+			const char **next_token, const char **backward_token, struct err *err);
 
 #endif

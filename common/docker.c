@@ -61,6 +61,8 @@ struct call {
 	uint64_t gen;            /* negotiation it waits for */
 	int busy;                /* inside one of its callbacks: freeing waits */
 	int dead;                /* cancelled */
+	bool paused;             /* logs: held back by docker_logs_pause */
+	size_t recv_buffer;      /* streams: bytes read at a time */
 
 	const char *method;      /* static strings */
 	struct buf path;         /* after the version prefix, query included */
@@ -216,21 +218,26 @@ static int path_name(struct buf *b, const char *name)
 
 /* Builds {"key":[...]}-style filters; returns the URL-encoded JSON or NULL
  * when there is no filter (or on out of memory, with *oom set). */
-static char *filters_encode(const char *type, const char *reference, const char *const *labels,
-			    int *oom)
+struct filters {
+	const char *type, *reference, *name;
+	const char *const *labels;
+};
+
+static char *filters_encode(const struct filters *fl, int *oom)
 {
 	*oom = 0;
-	if (!type && !reference && !(labels && labels[0]))
+	const char *const keys[] = {"type", "reference", "name"};
+	const char *const values[] = {fl->type, fl->reference, fl->name};
+	const char *const *labels = fl->labels;
+	if (!fl->type && !fl->reference && !fl->name && !(labels && labels[0]))
 		return NULL;
 	cJSON *f = cJSON_CreateObject();
 	int ok = f != NULL;
-	if (ok && type) {
-		cJSON *a = cJSON_AddArrayToObject(f, "type");
-		ok = a && cJSON_AddItemToArray(a, cJSON_CreateString(type));
-	}
-	if (ok && reference) {
-		cJSON *a = cJSON_AddArrayToObject(f, "reference");
-		ok = a && cJSON_AddItemToArray(a, cJSON_CreateString(reference));
+	for (size_t i = 0; ok && i < sizeof keys / sizeof keys[0]; i++) {
+		if (!values[i])
+			continue;
+		cJSON *a = cJSON_AddArrayToObject(f, keys[i]);
+		ok = a && cJSON_AddItemToArray(a, cJSON_CreateString(values[i]));
 	}
 	if (ok && labels && labels[0]) {
 		cJSON *a = cJSON_AddArrayToObject(f, "label");
@@ -1082,11 +1089,13 @@ uint64_t docker_events_subscribe(struct docker *d, const struct docker_events_op
 	c->ev = calloc(1, sizeof *c->ev);
 	int oom = 0;
 	if (c->ev)
-		c->ev->filters = filters_encode(opts->type, NULL, opts->labels, &oom);
+		c->ev->filters = filters_encode(&(struct filters){.type = opts->type,
+								  .labels = opts->labels}, &oom);
 	if (!c->ev || oom) {
 		free_call(c);
 		return 0;
 	}
+	c->recv_buffer = DOCKER_STREAM_RECV_BUFFER;
 	c->ev->opts = *opts;
 	c->ev->opts.labels = NULL;
 	c->ev->opts.type = NULL;
@@ -1141,6 +1150,7 @@ static void dispatch(struct call *c)
 		.timeout_ms = c->timeout_ms,
 		.stall_timeout_ms = c->stall_ms,
 		.max_body = d->max_body,
+		.recv_buffer = c->recv_buffer,
 		.on_done = http_done,
 		.arg = c,
 	};
@@ -1165,6 +1175,8 @@ static void dispatch(struct call *c)
 		fail_later(c, DOCKER_ERR_INTERNAL, msg);
 		return;
 	}
+	if (c->paused)
+		http_client_pause(d->http, c->http_id, true);
 	if (c->kind == K_EVENTS && !c->ev->connected) {
 		int again = c->ev->ever_connected;
 		if (!again)
@@ -1223,6 +1235,16 @@ static uint64_t go(struct call *c, int ok)
 	return id;
 }
 
+/* A call that sends `body` (copied) as JSON. */
+static int json_body(struct call *c, const cJSON *body)
+{
+	if (!body || add_header(c, "Content-Type", "application/json") < 0)
+		return -1;
+	c->body = cJSON_PrintUnformatted(body);
+	c->body_len = c->body ? strlen(c->body) : 0;
+	return c->body ? 0 : -1;
+}
+
 uint64_t docker_container_create(struct docker *d, const char *name, const cJSON *body,
 				 int64_t timeout_ms, docker_done_fn done, void *arg)
 {
@@ -1231,15 +1253,8 @@ uint64_t docker_container_create(struct docker *d, const char *name, const cJSON
 	struct call *c = plain(d, "POST", F_JSON | F_ID, timeout_ms, done, arg);
 	if (!c)
 		return 0;
-	int ok = buf_append_str(&c->path, "/containers/create") == 0 &&
-		 (!name || q_add(&c->path, "name", name) == 0) &&
-		 add_header(c, "Content-Type", "application/json") == 0;
-	if (ok) {
-		c->body = cJSON_PrintUnformatted(body);
-		c->body_len = c->body ? strlen(c->body) : 0;
-		ok = c->body != NULL;
-	}
-	return go(c, ok);
+	return go(c, buf_append_str(&c->path, "/containers/create") == 0 &&
+			     (!name || q_add(&c->path, "name", name) == 0) && json_body(c, body) == 0);
 }
 
 uint64_t docker_container_start(struct docker *d, const char *id, int64_t timeout_ms,
@@ -1303,7 +1318,7 @@ uint64_t docker_container_list(struct docker *d, int all, const char *const *lab
 	if (!c)
 		return 0;
 	int oom;
-	char *f = filters_encode(NULL, NULL, labels, &oom);
+	char *f = filters_encode(&(struct filters){.labels = labels}, &oom);
 	int ok = !oom && buf_append_str(&c->path, "/containers/json") == 0 &&
 		 (!all || q_add(&c->path, "all", "1") == 0) &&
 		 (!f || buf_printf(&c->path, "%cfilters=%s", all ? '&' : '?', f) == 0);
@@ -1338,12 +1353,14 @@ uint64_t docker_container_logs(struct docker *d, const char *id,
 	static const struct docker_logs_opts none;
 	if (!opts)
 		opts = &none;
-	if (!done)
+	if (!done || (opts->recv_buffer && (opts->recv_buffer < HTTP_RECV_BUFFER_MIN ||
+					    opts->recv_buffer > HTTP_RECV_BUFFER_MAX)))
 		return 0;
 	struct call *c = new_call(d, K_LOGS, "GET", done, arg);
 	if (!c)
 		return 0;
 	c->on_line = on_line;
+	c->recv_buffer = opts->recv_buffer ? opts->recv_buffer : DOCKER_STREAM_RECV_BUFFER;
 	struct logframe_opts lo = {
 		.mode = opts->tty ? LOGFRAME_RAW : LOGFRAME_MULTIPLEXED,
 		.timestamps = 1,
@@ -1365,6 +1382,77 @@ uint64_t docker_container_logs(struct docker *d, const char *id,
 		ok = q_add(&c->path, "since", tmp) == 0;
 	}
 	return go(c, ok);
+}
+
+void docker_logs_pause(struct docker *d, uint64_t id, bool paused)
+{
+	if (!d || !id)
+		return;
+	struct call *c = d->calls;
+	while (c && c->id != id)
+		c = c->next;
+	if (!c || c->dead || c->kind != K_LOGS || c->paused == paused)
+		return;
+	c->paused = paused;
+	/* Before the request is sent (negotiation) dispatch applies it. */
+	if (c->http_id)
+		http_client_pause(d->http, c->http_id, paused);
+}
+
+/* ---- the engine and networks -------------------------------------------- */
+
+uint64_t docker_info(struct docker *d, int64_t timeout_ms, docker_done_fn done, void *arg)
+{
+	struct call *c = plain(d, "GET", F_JSON, timeout_ms, done, arg);
+	return c ? go(c, buf_append_str(&c->path, "/info") == 0) : 0;
+}
+
+uint64_t docker_network_create(struct docker *d, const cJSON *body, int64_t timeout_ms,
+			       docker_done_fn done, void *arg)
+{
+	if (!body)
+		return 0;
+	struct call *c = plain(d, "POST", F_JSON | F_ID, timeout_ms, done, arg);
+	return c ? go(c, buf_append_str(&c->path, "/networks/create") == 0 &&
+				 json_body(c, body) == 0)
+		 : 0;
+}
+
+/* "/networks/<id>" */
+static int network_path(struct call *c, const char *id)
+{
+	return id && *id && buf_append_str(&c->path, "/networks/") == 0 &&
+			       http_url_encode(&c->path, id, strlen(id)) == 0
+		       ? 0
+		       : -1;
+}
+
+uint64_t docker_network_inspect(struct docker *d, const char *id, int64_t timeout_ms,
+				docker_done_fn done, void *arg)
+{
+	struct call *c = plain(d, "GET", F_JSON | F_ID, timeout_ms, done, arg);
+	return c ? go(c, network_path(c, id) == 0) : 0;
+}
+
+uint64_t docker_network_list(struct docker *d, const char *name, const char *const *labels,
+			     int64_t timeout_ms, docker_done_fn done, void *arg)
+{
+	struct call *c = plain(d, "GET", F_JSON, timeout_ms, done, arg);
+	if (!c)
+		return 0;
+	int oom;
+	char *f = filters_encode(&(struct filters){.name = name, .labels = labels}, &oom);
+	int ok = !oom && buf_append_str(&c->path, "/networks") == 0 &&
+		 (!f || buf_printf(&c->path, "?filters=%s", f) == 0);
+	free(f);
+	return go(c, ok);
+}
+
+uint64_t docker_network_remove(struct docker *d, const char *id, int64_t timeout_ms,
+			       docker_done_fn done, void *arg)
+{
+	struct call *c = plain(d, "DELETE", 0, timeout_ms, done, arg);
+	return c ? go(c, network_path(c, id) == 0) : 0;
 }
 
 static struct call *stream_call(struct docker *d, enum call_kind kind, int64_t timeout_ms,
@@ -1466,7 +1554,8 @@ uint64_t docker_image_list(struct docker *d, const char *reference, const char *
 	if (!c)
 		return 0;
 	int oom;
-	char *f = filters_encode(NULL, reference, labels, &oom);
+	char *f = filters_encode(&(struct filters){.reference = reference, .labels = labels},
+				 &oom);
 	int ok = !oom && buf_append_str(&c->path, "/images/json") == 0 &&
 		 (!f || buf_printf(&c->path, "?filters=%s", f) == 0);
 	free(f);

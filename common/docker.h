@@ -53,6 +53,7 @@
 #ifndef SLIPWAY_DOCKER_H
 #define SLIPWAY_DOCKER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -71,6 +72,9 @@ struct docker;
 #define DOCKER_DEFAULT_NEGOTIATE_TIMEOUT_MS 10000
 #define DOCKER_DEFAULT_STALL_MS 300000
 #define DOCKER_DEFAULT_MAX_BODY ((size_t)16 << 20)
+/* Receive buffer of log and events streams: they live as long as their
+ * container or the agent, mostly idle, one per followed container. */
+#define DOCKER_STREAM_RECV_BUFFER ((size_t)4 << 10)
 
 enum docker_error {
 	DOCKER_OK = 0,
@@ -177,9 +181,44 @@ struct docker_logs_opts {
 	int64_t since_ns;     /* only lines at or after this time; 0 = from the start */
 	int tail;             /* only the last N lines; <= 0 = all */
 	int no_stdout, no_stderr;
+	size_t recv_buffer;   /* bytes read at a time; 0 = DOCKER_STREAM_RECV_BUFFER */
 };
 uint64_t docker_container_logs(struct docker *d, const char *id,
 			       const struct docker_logs_opts *opts, linesplit_fn on_line,
+			       docker_done_fn done, void *arg);
+/* Holds a docker_container_logs stream back (paused true) or lets it go on,
+ * without closing it: backpressure for a reader that cannot keep up. The
+ * engine waits meanwhile (the container's output stays in its log file), and
+ * a resume continues exactly where the stream stopped, without the scan of
+ * the log file a new request with since= costs the engine. The lines of the
+ * read in progress when the pause comes (at most recv_buffer bytes, or the
+ * rest of a long line being joined) still reach on_line; nothing after them
+ * until the resume, which takes effect from the loop, never inside this call.
+ * Unknown, finished or non-log ids are ignored. Safe inside callbacks. */
+void docker_logs_pause(struct docker *d, uint64_t id, bool paused);
+
+/* ---- the engine and networks ---- */
+
+/* GET /info: res->json is the engine's document (DockerRootDir, ...). */
+uint64_t docker_info(struct docker *d, int64_t timeout_ms, docker_done_fn done, void *arg);
+
+/* POST /networks/create: body is the caller's document (Name, Driver, Labels,
+ * ...), not kept. res->id is the new network's id; a name already taken is
+ * DOCKER_ERR_CONFLICT. */
+uint64_t docker_network_create(struct docker *d, const cJSON *body, int64_t timeout_ms,
+			       docker_done_fn done, void *arg);
+/* GET /networks/{id or name}; res->json the network, res->id its id. */
+uint64_t docker_network_inspect(struct docker *d, const char *id, int64_t timeout_ms,
+				docker_done_fn done, void *arg);
+/* GET /networks with a name filter (the engine matches substrings: compare
+ * Name yourself) and label filters ("key" or "key=value", NULL-terminated);
+ * either may be NULL. res->json is the array. */
+uint64_t docker_network_list(struct docker *d, const char *name, const char *const *labels,
+			     int64_t timeout_ms, docker_done_fn done, void *arg);
+/* DELETE /networks/{id or name}; DOCKER_ERR_NOT_FOUND when there is none;
+ * while containers use it the engine refuses (403 or 409 by version:
+ * DOCKER_ERR_DENIED or DOCKER_ERR_CONFLICT). */
+uint64_t docker_network_remove(struct docker *d, const char *id, int64_t timeout_ms,
 			       docker_done_fn done, void *arg);
 
 /* ---- events ---- */

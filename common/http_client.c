@@ -13,6 +13,15 @@
  * others, so on_done can never run synchronously and `prepare` always runs on
  * a clean stack.
  *
+ * Pausing (flow control for streams) uses curl_easy_pause, which curl allows
+ * inside its own callbacks: a pause asked for inside on_data takes effect at
+ * once, and anything curl still delivers in that same read is refused with
+ * CURL_WRITEFUNC_PAUSE, which makes curl keep it for later. Resuming may make
+ * curl deliver the kept bytes at once, so it never runs in the caller's stack:
+ * a zero timer of the client resumes every call waiting for it and then kicks
+ * the multi handle (curl_multi_socket_action with CURL_SOCKET_TIMEOUT), as the
+ * multi-socket API wants after an unpause.
+ *
  * stall_timeout_ms is our own lazy ev_timer rather than CURLOPT_LOW_SPEED_*
  * (whole seconds only): any byte received, or body byte handed to curl, counts
  * as activity. Request bodies, in memory or body_file, go through a read
@@ -58,6 +67,9 @@ struct http_call {
 	CURL *easy;
 	int in_multi;
 	int cancelled;
+	bool paused;         /* the caller wants no data now */
+	bool curl_paused;    /* curl holds the receiving side */
+	bool resume_pending; /* the client's resume timer will lift curl's pause */
 
 	/* the request, copied */
 	struct curl_slist *base_headers;
@@ -102,6 +114,7 @@ struct http_client {
 	struct ev_loop *loop;
 	CURLM *multi;
 	ev_timer timer;               /* curl's one timeout */
+	ev_timer resume;              /* lifts curl's pause of calls resumed meanwhile */
 	struct http_call *calls;      /* started, not done, not cancelled */
 	struct http_call *graveyard;  /* cancelled while an entry was on the stack */
 	struct http_sock *socks;
@@ -239,11 +252,23 @@ static void destroy_call(struct http_call *call)
 	free(call);
 }
 
+/* curl closes the oldest idle connection when a finished transfer brings
+ * its cache over CURLMOPT_MAXCONNECTS. The finishing call still counts in
+ * pending then, so with one connection per other call in flight this keeps
+ * at most HTTP_IDLE_CONNECTIONS_MAX idle. curl refuses the option inside
+ * its callbacks; the next change of pending sets it. */
+static void set_pending(struct http_client *c, size_t pending)
+{
+	c->pending = pending;
+	curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS,
+			  (long)(pending + HTTP_IDLE_CONNECTIONS_MAX - 1));
+}
+
 static void cancel_call(struct http_call *call)
 {
 	struct http_client *c = call->client;
 	list_unlink(&c->calls, call);
-	c->pending--;
+	set_pending(c, c->pending - 1);
 	call->cancelled = 1;
 	ev_timer_stop(c->loop, &call->delay);
 	ev_timer_stop(c->loop, &call->stall);
@@ -265,6 +290,7 @@ static void destroy_client(struct http_client *c)
 	/* curl may still report sockets and timers while it closes connections. */
 	curl_multi_cleanup(c->multi);
 	ev_timer_stop(c->loop, &c->timer);
+	ev_timer_stop(c->loop, &c->resume);
 	while (c->socks) {
 		struct http_sock *s = c->socks;
 		c->socks = s->next;
@@ -465,6 +491,7 @@ static void conclude(struct http_call *call, enum http_error error, const char *
 {
 	struct http_client *c = call->client;
 	ev_timer_stop(c->loop, &call->stall);
+	call->curl_paused = call->resume_pending = false; /* a next attempt starts afresh */
 	close_body_file(call);
 	curl_easy_setopt(call->easy, CURLOPT_HTTPHEADER, NULL);
 	curl_slist_free_all(call->attempt_headers);
@@ -491,7 +518,7 @@ static void conclude(struct http_call *call, enum http_error error, const char *
 		}
 	}
 	list_unlink(&c->calls, call);
-	c->pending--;
+	set_pending(c, c->pending - 1);
 	call->on_done(&resp, call->arg);
 	free(hdrs);
 	destroy_call(call);
@@ -566,6 +593,11 @@ static size_t on_curl_write(char *data, size_t size, size_t n, void *userp)
 	size_t len = size * n;
 	if (call->cancelled)
 		return CURL_WRITEFUNC_ERROR;
+	if (call->paused) {
+		/* Read before the pause took hold: curl keeps it until the resume. */
+		call->curl_paused = true;
+		return CURL_WRITEFUNC_PAUSE;
+	}
 	touch(call);
 	if (call->streaming < 0)
 		call->streaming = call->on_data && call->status >= 200 && call->status < 300;
@@ -751,6 +783,47 @@ static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
+/* Lifts curl's pause of every call resumed since the timer was armed. A call
+ * is looked up from the head each time: the data curl hands over on resuming
+ * reaches on_data, which may cancel or finish calls. */
+static void on_resume(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	struct http_client *c = (struct http_client *)((char *)w - offsetof(struct http_client, resume));
+	enter(c);
+	for (;;) {
+		struct http_call *call = c->calls;
+		while (call && !call->resume_pending)
+			call = call->next;
+		if (!call || c->free_requested)
+			break;
+		call->resume_pending = false;
+		if (call->paused || !call->curl_paused)
+			continue;
+		call->curl_paused = false;
+		touch(call);
+		if (!call->in_multi)
+			continue;
+		CURLcode rc = curl_easy_pause(call->easy, CURLPAUSE_CONT);
+		if (rc != CURLE_OK && !call->cancelled && !call->curl_paused) {
+			/* on_data refused the held data (or curl failed): end the attempt. */
+			curl_multi_remove_handle(c->multi, call->easy);
+			call->in_multi = 0;
+			conclude(call, call->abort_error != HTTP_OK ? call->abort_error
+								   : map_curl_error(rc),
+				 call->abort_error != HTTP_OK ? call->abort_msg
+							      : curl_easy_strerror(rc));
+		}
+	}
+	if (!c->free_requested) {
+		int running = 0;
+		curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+		process_done(c);
+	}
+	leave(c);
+}
+
 /* ---- attempts ---- */
 
 static int header_named(const char *line, const char *name)
@@ -889,6 +962,8 @@ static void on_stall(struct ev_loop *loop, ev_timer *w, int revents)
 	(void)revents;
 	struct http_call *call = (struct http_call *)((char *)w - offsetof(struct http_call, stall));
 	struct http_client *c = call->client;
+	if (call->paused)
+		touch(call); /* holding back is not stalling */
 	ev_tstamp idle = ev_now(loop) - call->last_activity;
 	if (idle < call->stall_s) {
 		ev_timer_set(w, call->stall_s - idle, 0.0);
@@ -922,10 +997,12 @@ struct http_client *http_client_new(struct ev_loop *loop)
 		return NULL;
 	}
 	ev_timer_init(&c->timer, on_timer, 0.0, 0.0);
+	ev_timer_init(&c->resume, on_resume, 0.0, 0.0);
 	curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
 	curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
 	curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
 	curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+	set_pending(c, 0);
 	return c;
 }
 
@@ -975,6 +1052,9 @@ uint64_t http_client_start(struct http_client *c, const struct http_request *req
 	if (!valid_method(method) || !valid_url(req->url))
 		return 0;
 	if ((req->body_len > 0 && !req->body) || (req->body_file && req->body_len > 0))
+		return 0;
+	if (req->recv_buffer &&
+	    (req->recv_buffer < HTTP_RECV_BUFFER_MIN || req->recv_buffer > HTTP_RECV_BUFFER_MAX))
 		return 0;
 
 	struct http_call *call = calloc(1, sizeof *call);
@@ -1053,6 +1133,10 @@ uint64_t http_client_start(struct http_client *c, const struct http_request *req
 	SETOPT(CURLOPT_HEADERDATA, (void *)call);
 	SETOPT(CURLOPT_WRITEFUNCTION, on_curl_write);
 	SETOPT(CURLOPT_WRITEDATA, (void *)call);
+	if (req->recv_buffer)
+		SETOPT(CURLOPT_BUFFERSIZE, (long)req->recv_buffer);
+	if (req->no_reuse)
+		SETOPT(CURLOPT_FORBID_REUSE, 1L);
 
 	int is_get = strcmp(method, "GET") == 0, is_head = strcmp(method, "HEAD") == 0;
 	if (call->has_body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
@@ -1074,7 +1158,7 @@ uint64_t http_client_start(struct http_client *c, const struct http_request *req
 	call->id = c->next_id++;
 	call->started_ms = clock_mono_ms();
 	list_push(&c->calls, call);
-	c->pending++;
+	set_pending(c, c->pending + 1);
 	ev_timer_start(c->loop, &call->delay); /* first attempt on the next iteration */
 	return call->id;
 
@@ -1091,6 +1175,35 @@ void http_client_cancel(struct http_client *c, uint64_t id)
 		if (call->id == id) {
 			cancel_call(call);
 			return;
+		}
+	}
+}
+
+void http_client_pause(struct http_client *c, uint64_t id, bool paused)
+{
+	if (!c || id == 0)
+		return;
+	struct http_call *call = c->calls;
+	while (call && call->id != id)
+		call = call->next;
+	if (!call || call->paused == paused)
+		return;
+	call->paused = paused;
+	if (paused) {
+		call->resume_pending = false;
+		/* curl refuses a handle without a connection yet: then the first data
+		 * pauses it (on_curl_write). */
+		if (call->in_multi && !call->curl_paused &&
+		    curl_easy_pause(call->easy, CURLPAUSE_RECV) == CURLE_OK)
+			call->curl_paused = true;
+		return;
+	}
+	touch(call);
+	if (call->curl_paused) {
+		call->resume_pending = true;
+		if (!ev_is_active(&c->resume)) {
+			ev_timer_set(&c->resume, 0.0, 0.0);
+			ev_timer_start(c->loop, &c->resume);
 		}
 	}
 }

@@ -13,6 +13,18 @@
  * chunk instead (Docker logs and events, long polls); a non-2xx body is still
  * buffered so the caller can read the error document.
  *
+ * Flow control: http_client_pause() holds a running request's receiving
+ * side back (nothing more reaches on_data, the peer is slowed by TCP) until
+ * it is resumed, without closing the connection. recv_buffer sets curl's
+ * receive buffer per request (the most a single on_data call gets), so a
+ * long-lived, mostly idle stream need not cost curl's 16 KiB default.
+ *
+ * Connections: kept open after an answer for the next request to the same
+ * place, but a client keeps at most HTTP_IDLE_CONNECTIONS_MAX idle ones
+ * (the oldest goes first): a daemon that talks to many places once in a
+ * while must not hold a connection to each. no_reuse closes the connection
+ * after the answer (health probes of containers that come and go).
+ *
  * Retry: with `retry` set, an attempt that failed to connect, was dropped,
  * timed out, or answered 408, 429, 500, 502, 503 or 504 (or whatever
  * should_retry says) is repeated after a full-jitter backoff delay, or after
@@ -29,6 +41,7 @@
 #ifndef SLIPWAY_HTTP_CLIENT_H
 #define SLIPWAY_HTTP_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -82,6 +95,9 @@ typedef int (*http_retry_fn)(const struct http_response *resp, void *arg);
 
 #define HTTP_DEFAULT_MAX_BODY ((size_t)1 << 20)
 #define HTTP_DEFAULT_CONNECT_TIMEOUT_MS 10000
+#define HTTP_RECV_BUFFER_MIN ((size_t)1024)    /* curl refuses smaller */
+#define HTTP_IDLE_CONNECTIONS_MAX 8
+#define HTTP_RECV_BUFFER_MAX ((size_t)512 << 10)
 
 struct http_request {
 	const char *method;             /* NULL = "GET" */
@@ -95,6 +111,9 @@ struct http_request {
 	int64_t connect_timeout_ms;     /* 0 = HTTP_DEFAULT_CONNECT_TIMEOUT_MS */
 	int64_t stall_timeout_ms;       /* fail when no byte arrives for this long; 0 = off */
 	size_t max_body;                /* cap on a buffered body; 0 = HTTP_DEFAULT_MAX_BODY */
+	size_t recv_buffer;             /* curl's receive buffer, HTTP_RECV_BUFFER_MIN and up;
+					 * 0 = curl's default (16 KiB) */
+	bool no_reuse;                  /* close the connection after the answer */
 	const char *ca_file;            /* CA bundle for https; NULL = the system default */
 	const struct backoff_policy *retry; /* NULL = one attempt */
 	http_retry_fn should_retry;     /* NULL = the default rule above */
@@ -114,6 +133,17 @@ uint64_t http_client_start(struct http_client *client, const struct http_request
 
 /* Stops a request; its on_done is not called. Unknown or finished ids are ignored. */
 void http_client_cancel(struct http_client *client, uint64_t id);
+
+/* Pauses (true) or resumes (false) receiving on a request. While paused,
+ * on_data is not called for it, its stall timeout does not run and the
+ * connection stays open (timeout_ms, the limit on the whole request, still
+ * runs). Safe anywhere on the loop thread, inside
+ * on_data of the same request too: bytes already read when the pause came
+ * are kept and handed over after the resume, in order. A resume never
+ * delivers inside this call: the transfer is kicked from the loop on its next
+ * iteration. Pausing a request between attempts applies from its next data.
+ * Unknown or finished ids are ignored. */
+void http_client_pause(struct http_client *client, uint64_t id, bool paused);
 
 /* Requests started and not yet done. */
 size_t http_client_pending(const struct http_client *client);

@@ -15,6 +15,7 @@
 #include "rollout.h"
 #include "server.h"
 #include "store.h"
+#include "sts.h"
 
 #define BUCKETS 4096
 #define PERSIST_SEEN_EVERY_MS 30000
@@ -28,6 +29,7 @@ struct agents {
 	ev_timer timer;
 	int started;
 	int flush_busy;
+	struct sts_verifier *sts;  /* NULL: no AWS identities (agents.aws_accounts unset) */
 };
 
 static size_t bucket_of(const char *id)
@@ -383,6 +385,7 @@ void agents_free(struct agents *a)
 {
 	if (!a)
 		return;
+	sts_verifier_free(a->sts);
 	if (a->started) {
 		ev_ref(a->c->loop);
 		ev_timer_stop(a->c->loop, &a->timer);
@@ -413,6 +416,7 @@ struct reg {
 	char agent_id[AGENT_ID_MAX + 1];
 	int64_t now;
 	struct queue_wake wake;
+	uint64_t verifying;        /* the AWS identity check in flight */
 };
 
 static int register_tx(struct store_tx *tx, void *arg)
@@ -518,7 +522,77 @@ static void register_done(int rc, void *arg)
 static void reg_abort(struct server_req *r, void *arg)
 {
 	(void)r;
-	((struct reg *)arg)->r = NULL;
+	struct reg *g = arg;
+	if (g->verifying) { /* nothing was written yet: stop here */
+		sts_verifier_cancel(g->a->sts, g->verifying);
+		free(g);
+		return;
+	}
+	g->r = NULL;
+}
+
+/* ---- AWS identity (docs/protocol.md "AWS identity") ---- */
+
+int agents_identity_init(struct agents *a, struct err *err)
+{
+	const struct config *cfg = a->c->cfg;
+	const char *accounts = config_has(cfg, "agents.aws_accounts")
+				       ? config_str(cfg, "agents.aws_accounts") : "";
+	const char *boot = config_has(cfg, "agents.bootstrap_token")
+				   ? config_str(cfg, "agents.bootstrap_token") : "";
+	if (!*accounts) {
+		if (!*boot)
+			return err_set(err, "agents.bootstrap_token or agents.aws_accounts must be "
+				       "set: agents could not register");
+		return 0;
+	}
+	for (const char *p = accounts; *p;) {
+		while (*p == ' ' || *p == ',')
+			p++;
+		size_t n = strcspn(p, ",");
+		size_t t = n;
+		while (t && p[t - 1] == ' ')
+			t--;
+		if (t && (t != 12 || strspn(p, "0123456789") < 12))
+			return err_set(err, "agents.aws_accounts: \"%.*s\" is not a 12-digit "
+				       "account id", (int)t, p);
+		p += n;
+	}
+	const char *roles = config_has(cfg, "agents.aws_roles") ? config_str(cfg, "agents.aws_roles")
+								 : "";
+	if (!*roles)
+		return err_set(err, "agents.aws_roles: required with agents.aws_accounts");
+	char endpoint[512], server[256];
+	if (config_has(cfg, "agents.sts_endpoint")) {
+		snprintf(endpoint, sizeof endpoint, "%s", config_str(cfg, "agents.sts_endpoint"));
+	} else if (config_has(cfg, "agents.sts_region") && *config_str(cfg, "agents.sts_region")) {
+		snprintf(endpoint, sizeof endpoint, "https://sts.%s.amazonaws.com",
+			 config_str(cfg, "agents.sts_region"));
+	} else {
+		return err_set(err, "agents.sts_endpoint or agents.sts_region: required with "
+			       "agents.aws_accounts");
+	}
+	if (config_has(cfg, "agents.aws_server_id")) {
+		snprintf(server, sizeof server, "%s", config_str(cfg, "agents.aws_server_id"));
+	} else {
+		/* host[:port] of the public URL: what the agents' coordinator.url names. */
+		const char *u = strstr(config_str(cfg, "server.public_url"), "://");
+		u = u ? u + 3 : "";
+		size_t n = strcspn(u, "/?#");
+		snprintf(server, sizeof server, "%.*s", (int)(n < sizeof server ? n : 0), u);
+	}
+	struct sts_verifier_opts o = {.endpoint = endpoint, .server = server,
+				      .accounts = accounts, .roles = roles};
+	if (!(a->sts = sts_verifier_new(a->c->http, &o, err)))
+		return -1;
+	log_info("agents.aws_identity", "sts_endpoint=%s accounts=%s roles=%s server=%s%s",
+		 endpoint, accounts, roles, server, *boot ? " (the bootstrap token too)" : "");
+	return 0;
+}
+
+bool agents_aws_identity(const struct agents *a)
+{
+	return a && a->sts;
 }
 
 static int printable(const char *s)
@@ -539,6 +613,45 @@ static int instance_id_ok(const char *s)
 		      (*s >= '0' && *s <= '9') || *s == '-' || *s == '_' || *s == '.' || *s == ':'))
 			return 0;
 	return 1;
+}
+
+/* The caller is who it says: a token for it, and the store. */
+static void register_commit(struct reg *g)
+{
+	struct server_req *r = g->r;
+	if (auth_new_agent_token(g->token, sizeof g->token) < 0) {
+		free(g);
+		server_respond_error(r, 503, "unavailable", "no randomness");
+		return;
+	}
+	auth_token_hash(g->token, g->token_hash);
+	if (store_submit(g->a->c->store, register_tx, register_done, g) < 0) {
+		free(g);
+		server_respond_error(r, 503, "unavailable", "the store is busy; retry");
+		return;
+	}
+	server_on_abort(r, reg_abort, g);
+}
+
+static void identity_checked(enum sts_verdict v, const struct sts_identity *id,
+			     const char *reason, void *arg)
+{
+	struct reg *g = arg;
+	struct server_req *r = g->r;
+	g->verifying = 0;
+	server_on_abort(r, NULL, NULL);
+	if (v == STS_VERIFIED) {
+		log_info("agents.identity_verified", "instance=%s arn=%s", g->instance_id, id->arn);
+		register_commit(g);
+		return;
+	}
+	log_warn("agents.identity_refused", "instance=%s arn=%s reason=\"%s\"", g->instance_id,
+		 id ? id->arn : "", reason);
+	free(g);
+	if (v == STS_UNAVAILABLE)
+		server_respond_error(r, 503, "unavailable", "%s", reason);
+	else
+		server_respond_error(r, 401, "unauthorized", "aws_identity refused: %s", reason);
 }
 
 static void register_agent(struct server_req *r, void *arg)
@@ -595,19 +708,39 @@ static void register_agent(struct server_req *r, void *arg)
 	snprintf(g->arch, sizeof g->arch, "%s", arch);
 	g->protocol = (int)protocol;
 	g->now = clock_wall_ms();
+	/* Who is asking: the bootstrap token (server.c checked it before the body),
+	 * or an AWS identity proof, checked with STS now. */
+	const cJSON *proof = cJSON_GetObjectItemCaseSensitive(body, "aws_identity");
+	const char *bearer = auth_bearer(httpd_req_header(r->http, "Authorization"));
+	if (proof && !cJSON_IsNull(proof)) {
+		if (!a->sts) {
+			cJSON_Delete(body);
+			free(g);
+			server_respond_error(r, 400, "bad_request", "aws_identity: this coordinator "
+					     "does not take AWS identities (agents.aws_accounts)");
+			return;
+		}
+		g->verifying = sts_verifier_start(a->sts, proof, g->instance_id, identity_checked,
+						  g, &err);
+		cJSON_Delete(body);
+		if (!g->verifying) {
+			log_warn("agents.identity_refused", "instance=%s reason=\"%s\"", g->instance_id,
+				 err.msg);
+			free(g);
+			server_respond_error(r, 401, "unauthorized", "%s", err.msg);
+			return;
+		}
+		server_on_abort(r, reg_abort, g);
+		return;
+	}
 	cJSON_Delete(body);
-	if (auth_new_agent_token(g->token, sizeof g->token) < 0) {
+	if (!bearer) {
 		free(g);
-		server_respond_error(r, 503, "unavailable", "no randomness");
+		server_respond_error(r, 401, "unauthorized", "the bootstrap token or an aws_identity "
+				     "is required");
 		return;
 	}
-	auth_token_hash(g->token, g->token_hash);
-	if (store_submit(a->c->store, register_tx, register_done, g) < 0) {
-		free(g);
-		server_respond_error(r, 503, "unavailable", "the store is busy; retry");
-		return;
-	}
-	server_on_abort(r, reg_abort, g);
+	register_commit(g);
 }
 
 /* ---- heartbeat, inventory, desired state ---- */

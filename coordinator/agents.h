@@ -8,7 +8,10 @@
  * store, which matters with thousands of agents long-polling. The store holds
  * the same facts durably; in-memory changes follow committed store writes.
  *
- * Registration: the bootstrap token is compared by SHA-256 in constant time;
+ * Registration: the bootstrap token is compared by SHA-256 in constant time,
+ * or (agents.aws_accounts) the agent's presigned sts:GetCallerIdentity is
+ * checked and sent to STS (common/sts.h): the answer's account, role and
+ * session (= the instance id claimed) must match;
  * an instance_id seen before keeps its agent_id and gets a new token (the old
  * one stops working at once). Registering, and coming back from `lost`, queue
  * a deploy job for every app of the fleet whose current generation the agent
@@ -28,6 +31,7 @@
 #ifndef SLIPWAY_COORD_AGENTS_H
 #define SLIPWAY_COORD_AGENTS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -64,6 +68,13 @@ void agents_free(struct agents *a);
 /* Loads every agent from the store (start-up; blocks). Live agents get a fresh
  * lost_after from now. */
 int agents_load(struct agents *a, struct err *err);
+
+/* Reads agents.aws_* and sets up the AWS identity check (start-up); -1 when
+ * the settings are wrong or neither a bootstrap token nor AWS accounts are
+ * configured (no agent could register). */
+int agents_identity_init(struct agents *a, struct err *err);
+/* true when registration takes AWS identity proofs (agents.aws_accounts). */
+bool agents_aws_identity(const struct agents *a);
 
 /* Starts the loss timer (the daemon; unit tests call agents_check_lost). */
 void agents_start(struct agents *a);

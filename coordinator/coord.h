@@ -25,6 +25,7 @@ struct server;
 struct auth;
 struct agents;
 struct logsink;
+struct logcw;
 struct link;
 struct slack;
 
@@ -42,6 +43,7 @@ struct coord {
 	struct auth *auth;            /* API key cache */
 	struct agents *agents;        /* registry, tokens, liveness */
 	struct logsink *logsink;      /* embedded log store */
+	struct logcw *logcw;          /* `slipway logs` from CloudWatch (logcw.c); NULL: embedded */
 	struct link *link;            /* GitLab linking (link.c: link_register, link_free) */
 	struct slack *slack;          /* notifications (slack.c); NULL: none are sent */
 	int64_t started_ms;           /* wall clock at start-up */

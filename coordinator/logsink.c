@@ -12,6 +12,7 @@
 #include "coord.h"
 #include "json.h"
 #include "log.h"
+#include "logcw.h"
 #include "server.h"
 #include "store.h"
 
@@ -658,7 +659,7 @@ static void follow_abort(struct server_req *r, void *arg)
 }
 
 /* "10m", "2h", "30s", "500ms" ago; epoch milliseconds; or RFC 3339. */
-static int parse_since(const char *v, int64_t *out)
+int logsink_parse_since(const char *v, int64_t *out)
 {
 	char *end = NULL;
 	long long n = strtoll(v, &end, 10);
@@ -704,7 +705,7 @@ static void get_logs(struct server_req *r, void *arg)
 	const char *bad = NULL;
 	if (rs < 0 || rv < 0 || rl < 0 || rf < 0 || ra < 0)
 		bad = "malformed query parameter";
-	else if (rs > 0 && parse_since(since, &f->since_ms) < 0)
+	else if (rs > 0 && logsink_parse_since(since, &f->since_ms) < 0)
 		bad = "since: a duration (10m, 2h), epoch milliseconds or an RFC 3339 time";
 	else if (rv > 0 && !server_valid_name(service))
 		bad = "service: [a-z][a-z0-9-]{0,39}";
@@ -820,7 +821,11 @@ int logsink_register_routes(struct logsink *s, struct server *srv)
 		{.method = "GET", .pattern = "/v1/apps/{app}/logs", .auth = SERVER_AUTH_READ,
 		 .body = SERVER_BODY_NONE, .fn = get_logs, .arg = s},
 	};
-	for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+	size_t n = sizeof routes / sizeof routes[0];
+	/* With CloudWatch configured, coordinator/logcw.c answers `slipway logs`. */
+	if (logcw_enabled(s->c->cfg))
+		n--;
+	for (size_t i = 0; i < n; i++)
 		if (server_add_route_ex(srv, &routes[i]) < 0)
 			return -1;
 	return 0;

@@ -16,8 +16,9 @@
  * the first time an app is seen) and are only touched inside store
  * operations.
  *
- * Reading: GET /v1/apps/{app}/logs (role read) answers the newest events as
- * JSON, or with follow=1 streams them as NDJSON and keeps streaming new ones
+ * Reading (unless logs.cloudwatch_region is set: then coordinator/logcw.c
+ * serves the route from CloudWatch Logs): GET /v1/apps/{app}/logs (role
+ * read) answers the newest events as JSON, or with follow=1 streams them as NDJSON and keeps streaming new ones
  * (polled every 500 ms) until the client goes away, with an empty line after
  * every 15 s of silence (server_stream_keepalive). An unknown app is 404: the
  * first query checks the app before the stream starts. Metrics: the latest batch
@@ -69,5 +70,9 @@ int64_t logsink_app_bytes_tx(struct store_tx *tx, struct logsink *s, const char 
 
 /* Forgets an app's total (the app was deleted). */
 void logsink_forget_app_tx(struct logsink *s, const char *app);
+
+/* A `since` parameter: "10m", "2h", "30s", "500ms" ago, epoch milliseconds,
+ * or RFC 3339, as wall ms. 0, or -1 when malformed (logcw.c reads it too). */
+int logsink_parse_since(const char *v, int64_t *out);
 
 #endif

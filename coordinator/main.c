@@ -30,6 +30,7 @@
 #include "httpd.h"
 #include "link.h"
 #include "log.h"
+#include "logcw.h"
 #include "logsink.h"
 #include "queue.h"
 #include "rollout.h"
@@ -250,6 +251,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 	server_stop_accepting(d->c.server);
 	queue_shutdown(d->c.queue); /* long polls end empty: agents poll again elsewhere */
 	logsink_shutdown(d->c.logsink);
+	logcw_shutdown(d->c.logcw);
 	api_shutdown(&d->c);
 	d->stop_deadline = ev_now(loop) + SHUTDOWN_GRACE_S;
 	ev_timer_init(&d->grace, grace_tick, 0.0, 0.1);
@@ -298,14 +300,18 @@ static int run(const char *config_path)
 		err_set(&err, "out of memory");
 		goto out;
 	}
-	if (auth_load(c->auth, &err) < 0 || agents_load(c->agents, &err) < 0)
+	if (auth_load(c->auth, &err) < 0 || agents_load(c->agents, &err) < 0 ||
+	    agents_identity_init(c->agents, &err) < 0)
+		goto out;
+	if (logcw_enabled(cfg) && !(c->logcw = logcw_new(c, &err)))
 		goto out;
 	c->server = server_new(c, NULL, &err);
 	if (!c->server)
 		goto out;
 	if (agents_register_routes(c->agents, c->server) < 0 ||
 	    queue_register_routes(c->queue, c->server) < 0 ||
-	    logsink_register_routes(c->logsink, c->server) < 0 || api_register(c) < 0 ||
+	    logsink_register_routes(c->logsink, c->server) < 0 ||
+	    (c->logcw && logcw_register_routes(c->logcw, c->server) < 0) || api_register(c) < 0 ||
 	    link_register(c) < 0) {
 		err_set(&err, "cannot register the routes");
 		goto out;
@@ -347,6 +353,7 @@ out:
 	store_close(c->store);
 	link_free(c); /* and Slack: before http_client_free, which its requests use */
 	logsink_free(c->logsink);
+	logcw_free(c->logcw); /* after server_free: its readers' requests are gone */
 	queue_free(c->queue);
 	agents_free(c->agents);
 	auth_free(c->auth);

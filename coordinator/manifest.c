@@ -724,7 +724,7 @@ fail:
 static const char *const top_keys[] = {"services", "release", NULL};
 static const char *const service_keys[] = {"build",  "image",  "command",    "environment",
 					   "port",   "health", "scale",      "stop_grace",
-					   "proxy",  NULL};
+					   "proxy",  "metadata_access", NULL};
 static const char *const build_keys[] = {"context", "dockerfile", NULL};
 static const char *const health_keys[] = {"type", "path", "tcp", "interval",
 					  "timeout", "grace", NULL};
@@ -1180,6 +1180,17 @@ static cJSON *parse_service(struct parse *p, const struct node *n, const char *p
 		bad |= get_duration(p, v, sub, 0, 3600000, &stop) < 0;
 	}
 	cJSON_AddNumberToObject(s, "stop_grace_ms", (double)stop);
+
+	/* The instance metadata service is closed to containers unless a service
+	 * opts in (the agent's iptables rule, agent/imdsblock.h). Written only when
+	 * true: older agents refuse a release-spec field they do not know. */
+	if ((v = map_get(n, "metadata_access"))) {
+		bool on = false;
+		json_path_key(sub, sizeof sub, path, "metadata_access");
+		bad |= get_bool(p, v, sub, &on) < 0;
+		if (on)
+			cJSON_AddTrueToObject(s, "metadata_access");
+	}
 
 	if (bad) {
 		cJSON_Delete(s);

@@ -265,6 +265,15 @@ static cJSON *service_spec(const char *name, const cJSON *svc, const cJSON *imag
 	cJSON_AddNumberToObject(o, "count", (double)count);
 	cJSON_AddNumberToObject(o, "memory_mb", (double)memory);
 	cJSON_AddNumberToObject(o, "stop_grace_ms", (double)stop_grace);
+	/* Only when true: an agent without the field refuses it (docs/protocol.md). */
+	const cJSON *md = cJSON_GetObjectItemCaseSensitive(svc, "metadata_access");
+	if (md && !cJSON_IsNull(md) && !cJSON_IsBool(md)) {
+		err_set(err, "%s: expected true or false",
+			json_path_key(p, sizeof p, path, "metadata_access"));
+		goto fail;
+	}
+	if (cJSON_IsTrue(md))
+		cJSON_AddTrueToObject(o, "metadata_access");
 	return o;
 fail:
 	cJSON_Delete(o);

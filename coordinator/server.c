@@ -545,6 +545,10 @@ static int authenticate(struct sreq *s)
 	case SERVER_AUTH_WEBHOOK:
 		return 1;
 	case SERVER_AUTH_BOOTSTRAP:
+		/* No token at all: the body must carry an AWS identity proof, which the
+		 * handler verifies (agents.c), when this coordinator accepts those. */
+		if (!token && srv->c->agents && agents_aws_identity(srv->c->agents))
+			return 1;
 		if (!token || !srv->have_bootstrap || !auth_token_matches(token, srv->bootstrap_hash)) {
 			server_respond_error(r, 401, "unauthorized", "bootstrap token missing or wrong");
 			return 0;

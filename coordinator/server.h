@@ -27,7 +27,10 @@
  *   SERVER_AUTH_WEBHOOK    nothing checked here: the handler authenticates (hook
  *                          id in the URL, X-Gitlab-Token); body cap
  *                          webhooks.max_body (413 beyond).
- *   SERVER_AUTH_BOOTSTRAP  the fleet's agents.bootstrap_token (registration).
+ *   SERVER_AUTH_BOOTSTRAP  the fleet's agents.bootstrap_token (registration); with
+ *                          agents.aws_accounts set, a request without any token
+ *                          goes on too: its handler verifies the AWS identity
+ *                          proof in the body (agents.c).
  *   SERVER_AUTH_AGENT      the agent token of the agent named by the {agent_id}
  *                          parameter (401 unauthorized on a wrong token, 404
  *                          not_found for an unknown agent); `Slipway-Protocol`

@@ -30,7 +30,22 @@ const struct config_key coord_settings[] = {
 
 	/* Agents and the queue */
 	{.name = "agents.bootstrap_token", .type = CONFIG_SECRET, .default_value = NULL,
-	 .help = "Fleet enrolment secret agents present at registration", .required = true},
+	 .help = "Fleet enrolment secret agents present at registration (this, "
+		 "agents.aws_accounts, or both)"},
+	{.name = "agents.aws_accounts", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "AWS accounts (12 digits, comma-separated) whose instances may register with a "
+		 "presigned sts:GetCallerIdentity instead of the bootstrap token", .max = 1024},
+	{.name = "agents.aws_roles", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "IAM role names (comma-separated) an agent's instance role must have (with "
+		 "agents.aws_accounts)", .max = 1024},
+	{.name = "agents.sts_endpoint", .type = CONFIG_URL, .default_value = NULL,
+	 .help = "The STS endpoint agents' presigned requests must point at and are sent to "
+		 "(default: https://sts.<agents.sts_region>.amazonaws.com)"},
+	{.name = "agents.sts_region", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "Region of the default STS endpoint (the agents' region)", .max = 64},
+	{.name = "agents.aws_server_id", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "The name agents sign into their proof (their aws.server_id); default: the "
+		 "host[:port] of server.public_url", .max = 255},
 	{.name = "agents.heartbeat_interval", .type = CONFIG_DURATION, .default_value = "10s",
 	 .help = "How often agents report in", .min = 1000, .max = 300000},
 	{.name = "agents.lost_after", .type = CONFIG_DURATION, .default_value = "45s",
@@ -75,6 +90,15 @@ const struct config_key coord_settings[] = {
 	/* Embedded log sink */
 	{.name = "logs.max_per_app", .type = CONFIG_SIZE, .default_value = "64M",
 	 .help = "Container log bytes kept per app when CloudWatch is not used"},
+	/* `slipway logs` from CloudWatch Logs (coordinator/logcw.h) */
+	{.name = "logs.cloudwatch_region", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "Read `slipway logs` from CloudWatch Logs in this region (the agents ship "
+		 "there); unset: the embedded sink", .max = 64},
+	{.name = "logs.cloudwatch_endpoint", .type = CONFIG_URL, .default_value = NULL,
+	 .help = "CloudWatch Logs endpoint (default: https://logs.<region>.amazonaws.com)"},
+	{.name = "logs.group_prefix", .type = CONFIG_STRING, .default_value = "/slipway/",
+	 .help = "Log group of an app in CloudWatch: <prefix><app> (the agents' "
+		 "logs.group_prefix)", .max = 256},
 
 	/* Logging */
 	{.name = "log.level", .type = CONFIG_ENUM, .default_value = "info",

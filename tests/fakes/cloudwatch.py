@@ -4,8 +4,11 @@
 It speaks the real AWS JSON 1.1 protocol: POST / with
 `X-Amz-Target: Logs_20140328.<Operation>` and
 `Content-Type: application/x-amz-json-1.1`, for CreateLogGroup,
-CreateLogStream, PutLogEvents, PutRetentionPolicy, DescribeLogStreams and
-GetLogEvents (the last two for tests to read back). Errors come as the
+CreateLogStream, PutLogEvents, PutRetentionPolicy, DescribeLogStreams,
+GetLogEvents (startFromHead, startTime/endTime, forward and backward
+tokens) and FilterLogEvents (a group's streams by prefix or name, time
+range, simple filter terms, pages of at most `limit` events and 1 MB with a
+stable nextToken): the last three are how `slipway logs` reads. Errors come as the
 service sends them: HTTP 400/403/5xx with {"__type": ..., "message": ...}
 and the x-amzn-ErrorType header.
 
@@ -60,10 +63,8 @@ Usage: cloudwatch.py [--region R] [--access-key K --secret-key S [--token T]]
 Binds 127.0.0.1:0 and prints its port on the first line of stdout.
 """
 import argparse
-import datetime
-import hashlib
-import hmac
 import json
+import os
 import re
 import socket
 import sys
@@ -72,24 +73,19 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from awssig import CODES_JSON, AwsError, Verifier, http_date  # noqa: E402
+
 MAX_BATCH_BYTES = 1048576
 EVENT_OVERHEAD = 26
 MAX_EVENTS = 10000
 MAX_SPAN_MS = 24 * 3600 * 1000
 PAST_MS = 14 * 24 * 3600 * 1000
 FUTURE_MS = 2 * 3600 * 1000
-SKEW_MS = 5 * 60 * 1000
 RETENTION_DAYS = {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827,
                   2192, 2557, 2922, 3288, 3653}
 TARGET_PREFIX = "Logs_20140328."
 SEQ_RE = re.compile(r"seq=(\d+)")
-
-
-class AwsError(Exception):
-    def __init__(self, status, code, message, headers=None):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = headers or {}
 
 
 class Stream:
@@ -127,6 +123,8 @@ class State:
         self.accepted = 0
         self.rejected = 0
         self.rate = {}                  # wall second -> events accepted
+        self.verifier = Verifier(region, "logs", creds, now_ms=self.now_ms, codes=CODES_JSON)
+        self.verifier.expired_tokens = self.expired_tokens
 
     def now_ms(self):
         return int(time.time() * 1000) + self.clock_offset_ms
@@ -135,173 +133,11 @@ class State:
 S = None
 
 
-# ---- SigV4 (AWS General Reference, "Signature Version 4 signing process") ----
-
-def uri_encode(s, keep_slash):
-    out = []
-    for b in s.encode("utf-8"):
-        c = chr(b)
-        if c.isalnum() and b < 128 or c in "-_.~":
-            out.append(c)
-        elif c == "/" and keep_slash:
-            out.append(c)
-        else:
-            out.append("%%%02X" % b)
-    return "".join(out)
-
-
-def canonical_uri(raw_path):
-    # Non-S3 services: normalize (dot segments, repeated slashes), then encode
-    # each segment of the request-line path once more.
-    segs = []
-    for seg in raw_path.split("/"):
-        if seg in ("", "."):
-            continue
-        if seg == "..":
-            if segs:
-                segs.pop()
-            continue
-        segs.append(seg)
-    path = "/" + "/".join(segs)
-    if raw_path.endswith("/") and path != "/":
-        path += "/"
-    return uri_encode(path, True)
-
-
-def canonical_query(raw_query):
-    if not raw_query:
-        return ""
-    pairs = []
-    for part in raw_query.split("&"):
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        name = urllib.parse.unquote(name)
-        value = urllib.parse.unquote(value)
-        pairs.append((uri_encode(name, False), uri_encode(value, False)))
-    pairs.sort()
-    return "&".join(f"{n}={v}" for n, v in pairs)
-
-
-def canonical_header_value(values):
-    return ",".join(" ".join(v.strip().split()) for v in values)
-
-
-def hmac_sha256(key, msg):
-    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
-
-
-def amz_date_ms(s):
-    try:
-        d = datetime.datetime.strptime(s, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
-    except ValueError:
-        return None
-    return int(d.timestamp() * 1000)
-
-
-def fmt_amz(ms):
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime(
-        "%Y%m%dT%H%M%SZ")
-
-
-def http_date(ms):
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime(
-        "%a, %d %b %Y %H:%M:%S GMT")
-
+# ---- SigV4: checked by awssig.py (shared by every AWS fake) ----
 
 def verify_sigv4(method, raw_path, raw_query, headers, body):
     """headers: list of (name, value). Returns the access key; raises AwsError."""
-    auth = [v for n, v in headers if n.lower() == "authorization"]
-    if not auth:
-        raise AwsError(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
-    auth = auth[0]
-    if not auth.startswith("AWS4-HMAC-SHA256 "):
-        raise AwsError(400, "IncompleteSignatureException",
-                       "Authorization header requires 'Credential', 'SignedHeaders' and "
-                       "'Signature' parameters with the AWS4-HMAC-SHA256 algorithm.")
-    fields = {}
-    for part in auth[len("AWS4-HMAC-SHA256 "):].split(","):
-        k, _, v = part.strip().partition("=")
-        fields[k] = v
-    if not all(k in fields for k in ("Credential", "SignedHeaders", "Signature")):
-        raise AwsError(400, "IncompleteSignatureException",
-                       "Authorization header requires 'Credential', 'SignedHeaders' and "
-                       "'Signature' parameters.")
-    cred = fields["Credential"].split("/")
-    if len(cred) != 5 or cred[4] != "aws4_request":
-        raise AwsError(400, "IncompleteSignatureException",
-                       "Credential should be scoped to a valid region.")
-    akid, date, region, service = cred[0], cred[1], cred[2], cred[3]
-    amz = [v for n, v in headers if n.lower() == "x-amz-date"]
-    if not amz:
-        raise AwsError(400, "IncompleteSignatureException",
-                       "Authorization header requires existence of either a 'X-Amz-Date' or a "
-                       "'Date' header.")
-    amz = amz[0].strip()
-    when = amz_date_ms(amz)
-    if when is None or amz[:8] != date:
-        raise AwsError(400, "IncompleteSignatureException",
-                       f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version "
-                       f"of date from HTTP: '{date}' != '{amz[:8]}', from '{amz}'.")
-    if region != S.region or service != "logs":
-        raise AwsError(403, "InvalidSignatureException",
-                       f"Credential should be scoped to a valid region and service: "
-                       f"'{region}/{service}'.")
-    creds = S.creds.get(akid)
-    if creds is None:
-        raise AwsError(403, "UnrecognizedClientException",
-                       "The security token included in the request is invalid.")
-    signed = fields["SignedHeaders"].split(";")
-    if signed != sorted(signed) or "host" not in signed or "x-amz-date" not in signed:
-        raise AwsError(403, "InvalidSignatureException",
-                       "The request signature we calculated does not match the signature you "
-                       "provided. Check your AWS Secret Access Key and signing method. Consult "
-                       "the service documentation for details.")
-    token = [v for n, v in headers if n.lower() == "x-amz-security-token"]
-    token = token[0] if token else None
-    if creds.get("token") or token:
-        if token in S.expired_tokens:
-            raise AwsError(403, "ExpiredTokenException",
-                           "The security token included in the request is expired")
-        if token != creds.get("token"):
-            raise AwsError(403, "UnrecognizedClientException",
-                           "The security token included in the request is invalid.")
-    lines = []
-    for name in signed:
-        values = [v for n, v in headers if n.lower() == name]
-        if not values:
-            raise AwsError(403, "InvalidSignatureException",
-                           f"The request signature we calculated does not match: signed header "
-                           f"'{name}' is missing.")
-        lines.append(f"{name}:{canonical_header_value(values)}\n")
-    creq = "\n".join([method, canonical_uri(raw_path), canonical_query(raw_query),
-                      "".join(lines), fields["SignedHeaders"],
-                      hashlib.sha256(body).hexdigest()])
-    scope = f"{date}/{region}/{service}/aws4_request"
-    sts = "\n".join(["AWS4-HMAC-SHA256", amz, scope,
-                     hashlib.sha256(creq.encode("utf-8")).hexdigest()])
-    k = hmac_sha256(("AWS4" + creds["secret"]).encode("utf-8"), date)
-    k = hmac_sha256(k, region)
-    k = hmac_sha256(k, service)
-    k = hmac_sha256(k, "aws4_request")
-    want = hmac.new(k, sts.encode("utf-8"), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(want, fields["Signature"]):
-        raise AwsError(403, "InvalidSignatureException",
-                       "The request signature we calculated does not match the signature you "
-                       "provided. Check your AWS Secret Access Key and signing method. Consult "
-                       "the service documentation for details.")
-    # The clock check comes after the signature, as the service does it.
-    now = S.now_ms()
-    hdr = {}
-    if when < now - SKEW_MS:
-        raise AwsError(400, "InvalidSignatureException",
-                       f"Signature expired: {amz} is now earlier than {fmt_amz(now - SKEW_MS)} "
-                       f"({fmt_amz(now)} - 5 min.)", hdr)
-    if when > now + SKEW_MS:
-        raise AwsError(400, "InvalidSignatureException",
-                       f"Signature not yet current: {amz} is still later than "
-                       f"{fmt_amz(now + SKEW_MS)} ({fmt_amz(now)} + 5 min.)", hdr)
-    return akid
+    return S.verifier.verify(method, raw_path, raw_query, headers, body)
 
 
 # ---- faults ----
@@ -520,19 +356,113 @@ def op_get_log_events(doc):
     group = need_str(doc, "logGroupName", GROUP_RE)
     name = need_str(doc, "logStreamName", STREAM_RE)
     limit = doc.get("limit") or 10000
-    token = doc.get("nextToken") or "f/0"
-    try:
-        start = int(token.split("/", 1)[1])
-    except (IndexError, ValueError):
-        raise AwsError(400, "InvalidParameterException", "The specified nextToken is invalid.")
+    start_ms, end_ms = doc.get("startTime"), doc.get("endTime")
+    token = doc.get("nextToken")
     with S.lock:
         st = get_group(group)["streams"].get(name)
         if st is None:
             raise AwsError(400, "ResourceNotFoundException",
                            "The specified log stream does not exist.")
-        evs = st.events[start:start + limit]
+        all_ = st.events
+        n = len(all_)
+        if token:
+            try:
+                kind, pos = token.split("/", 1)
+                pos = int(pos)
+                if kind not in ("f", "b") or pos < 0 or pos > n:
+                    raise ValueError
+            except ValueError:
+                raise AwsError(400, "InvalidParameterException",
+                               "The specified nextToken is invalid.")
+        elif doc.get("startFromHead"):
+            kind, pos = "f", 0
+        else:
+            kind, pos = "b", n   # the service's default: the newest events
+
+        def keep(i):
+            t = all_[i][0]
+            return (start_ms is None or t >= start_ms) and (end_ms is None or t < end_ms)
+        if kind == "f":
+            idx = [i for i in range(pos, n) if keep(i)][:limit]
+            lo = idx[0] if idx else pos
+            hi = idx[-1] + 1 if idx else pos
+        else:
+            idx = [i for i in range(0, pos) if keep(i)][-limit:] if limit else []
+            lo = idx[0] if idx else pos
+            hi = idx[-1] + 1 if idx else pos
+        evs = [all_[i] for i in idx]
     return {"events": [{"timestamp": t, "message": m, "ingestionTime": i} for t, m, i in evs],
-            "nextForwardToken": f"f/{start + len(evs)}", "nextBackwardToken": f"b/{start}"}
+            "nextForwardToken": f"f/{hi if kind == 'f' or idx else n}",
+            "nextBackwardToken": f"b/{lo}"}
+
+
+def op_filter_log_events(doc):
+    """FilterLogEvents: events of a group's streams (all, a name prefix, or
+    named ones), oldest first, in pages of at most `limit` events and 1 MB;
+    startTime and endTime are inclusive; filterPattern terms must all occur.
+    nextToken names the last event returned (timestamp, stream, position),
+    so a page is stable while events arrive."""
+    group = need_str(doc, "logGroupName", GROUP_RE)
+    prefix = doc.get("logStreamNamePrefix")
+    names = doc.get("logStreamNames")
+    if prefix is not None and names is not None:
+        raise AwsError(400, "InvalidParameterException",
+                       "logStreamNamePrefix and logStreamNames cannot both be given")
+    limit = doc.get("limit") or 10000
+    if not isinstance(limit, int) or limit < 1 or limit > 10000:
+        raise AwsError(400, "InvalidParameterException",
+                       "1 validation error detected: Value at 'limit' failed to satisfy "
+                       "constraint: Member must have value between 1 and 10000")
+    start_ms, end_ms = doc.get("startTime"), doc.get("endTime")
+    terms = (doc.get("filterPattern") or "").split()
+    after = None
+    if doc.get("nextToken"):
+        try:
+            t, stream_name, pos = json.loads(
+                urllib.parse.unquote(doc["nextToken"].split(":", 1)[1]))
+            after = (int(t), str(stream_name), int(pos))
+        except (IndexError, ValueError, TypeError):
+            raise AwsError(400, "InvalidParameterException",
+                           "The specified nextToken is invalid.")
+    with S.lock:
+        g = get_group(group)
+        picked = []
+        searched = []
+        for sname in sorted(g["streams"]):
+            if prefix and not sname.startswith(prefix):
+                continue
+            if names is not None and sname not in names:
+                continue
+            searched.append(sname)
+            for i, (t, m, ing) in enumerate(g["streams"][sname].events):
+                if start_ms is not None and t < start_ms:
+                    continue
+                if end_ms is not None and t > end_ms:
+                    continue
+                if terms and not all(x in m for x in terms):
+                    continue
+                key = (t, sname, i)
+                if after is not None and key <= after:
+                    continue
+                picked.append((key, m, ing))
+    picked.sort(key=lambda e: e[0])
+    out, size = [], 0
+    for key, m, ing in picked:
+        if len(out) >= limit or (out and size + len(m) > 1048576):
+            break
+        size += len(m)
+        out.append({"logStreamName": key[1], "timestamp": key[0], "message": m,
+                    "ingestionTime": ing, "eventId": "%020d%04d%012d" % (
+                        key[0], sorted(g["streams"]).index(key[1]) % 10000, key[2])})
+    resp = {"events": out,
+            "searchedLogStreams": [{"logStreamName": n, "searchedCompletely": True}
+                                   for n in searched]}
+    if len(out) < len(picked):
+        last = out[-1]
+        idx = int(last["eventId"][-12:])
+        resp["nextToken"] = "ft:" + urllib.parse.quote(json.dumps(
+            [last["timestamp"], last["logStreamName"], idx]))
+    return resp
 
 
 OPS = {
@@ -541,6 +471,7 @@ OPS = {
     "PutRetentionPolicy": op_put_retention_policy,
     "DescribeLogStreams": op_describe_log_streams,
     "GetLogEvents": op_get_log_events,
+    "FilterLogEvents": op_filter_log_events,
 }
 
 

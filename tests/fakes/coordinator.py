@@ -14,10 +14,14 @@ ends the previous with an empty list), leases with a visibility timeout and
 redelivery with attempt + 1 (5 attempts, then failed "lease expired 5 times"),
 extend (410 lease_lost when the lease is gone), ack (idempotent for the same
 result, 409 for a contradicting one, accepted after the lease expired as long
-as no other attempt acknowledged it), inventory, desired. Every answer carries
-Slipway-Protocol: 1; requests without it get 400 protocol_unsupported. Bodies
-over 1 MiB get 413. On registration every app with a desired state gets a
-deploy job, as the protocol says.
+as no other attempt acknowledged it), inventory, desired, and the embedded
+mode's logs (POST .../logs: checked against the batch rules, answered
+{"accepted", "rejected"}; a batch that breaks them is refused whole with 400)
+and metrics (POST .../metrics, answered {"accepted"}; the latest batch is
+kept). Every answer carries Slipway-Protocol: 1; requests without it get 400
+protocol_unsupported. Bodies over 1 MiB (logs: 4 MiB) get 413; gzip request
+bodies are inflated under the same cap. On registration every app with a
+desired state gets a deploy job, as the protocol says.
 
 Control API for tests (not part of the protocol; no auth):
   GET  /_fake/agents                 agents: id, instance_id, heartbeats, last heartbeat
@@ -41,9 +45,18 @@ Control API for tests (not part of the protocol; no auth):
                                       next N extends lose their lease (job requeued)
   POST /_fake/expire                 {"job": id}: the lease expires now
   GET  /_fake/requests               counts of agent requests by kind
+  GET  /_fake/logs                   {"agents": {id: {"posts", "events", "rejected",
+                                      "streams": {"app/service/container": n},
+                                      "last": [the newest 1000 events, each with
+                                      app, service, container, release]}}}
+  GET  /_fake/metrics                {"agents": {id: {"posts", "metrics": the latest
+                                      batch}}}
 """
 import argparse
+import collections
+import gzip
 import hashlib
+import io
 import json
 import secrets
 import select
@@ -55,6 +68,10 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_BODY = 1 << 20
+MAX_LOGS_BODY = 4 << 20
+BATCH_EVENTS, BATCH_BYTES, EVENT_OVERHEAD = 10000, 1 << 20, 26
+METRICS_MAX = 1000
+LOGS_KEPT = 1000
 MAX_ATTEMPTS = 5
 
 
@@ -74,6 +91,8 @@ class State:
         self.acks = []
         self.desired = {}         # app -> {"generation", "release", "type"}
         self.inventory = {}       # agent_id -> {"puts", "containers"}
+        self.logs = {}            # agent_id -> {"posts", "events", "rejected", "streams", "last"}
+        self.metrics = {}         # agent_id -> {"posts", "metrics"}
         self.faults = []          # dicts with kind, count, path
         self.down_until = 0.0
         self.requests = {}
@@ -180,9 +199,18 @@ class Handler(BaseHTTPRequestHandler):
     def body(self, cap=MAX_BODY):
         n = int(self.headers.get("Content-Length") or 0)
         if n > cap:
-            self.error(413, "too_large", "body over 1 MiB")
+            self.error(413, "too_large", f"body over {cap >> 20} MiB")
             return None
         raw = self.rfile.read(n) if n else b""
+        if raw and self.headers.get("Content-Encoding", "").lower() == "gzip":
+            try:
+                raw = gzip.GzipFile(fileobj=io.BytesIO(raw)).read(cap + 1)
+            except (OSError, EOFError):
+                self.error(400, "bad_request", "body is not valid gzip")
+                return None
+            if len(raw) > cap:
+                self.error(413, "too_large", f"inflated body over {cap >> 20} MiB")
+                return None
         if not raw:
             return {}
         try:
@@ -256,7 +284,8 @@ class Handler(BaseHTTPRequestHandler):
         rest = parts[3:]
         if method == "GET" and rest == ["jobs"]:
             return self.poll(agent_id, urllib.parse.parse_qs(url.query))
-        body = self.body() if method in ("POST", "PUT") else {}
+        body = self.body(MAX_LOGS_BODY if rest == ["logs"] else MAX_BODY) \
+            if method in ("POST", "PUT") else {}
         if body is None:
             return
         agent = self.agent_auth(agent_id)
@@ -272,6 +301,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.put_inventory(agent, body)
         if method == "GET" and rest == ["desired"]:
             return self.get_desired(agent)
+        if method == "POST" and rest == ["logs"]:
+            return self.post_logs(agent, body)
+        if method == "POST" and rest == ["metrics"]:
+            return self.post_metrics(agent, body)
         return self.error(404, "not_found", "no such path")
 
     # -- agent API --
@@ -434,6 +467,71 @@ class Handler(BaseHTTPRequestHandler):
             inv["time_ms"] = now_ms()
         self.send(200, {})
 
+    def post_logs(self, agent, body):
+        """Embedded mode: one batch per stream, the CloudWatch rules; broken ones are
+        refused whole (400) and nothing of them is kept."""
+        streams = body.get("streams") if isinstance(body, dict) else None
+        if not isinstance(streams, list) or not streams:
+            return self.error(400, "bad_request", "streams: a non-empty array")
+        for i, s in enumerate(streams):
+            where = f"streams[{i}]"
+            if not isinstance(s, dict) or not all(isinstance(s.get(k), str) and s.get(k)
+                                                  for k in ("app", "service", "container")):
+                return self.error(400, "bad_request", f"{where}: app, service, container")
+            if s.get("release") is not None and not isinstance(s["release"], str):
+                return self.error(400, "bad_request", f"{where}.release: string or null")
+            events = s.get("events")
+            if not isinstance(events, list) or not events or len(events) > BATCH_EVENTS:
+                return self.error(400, "bad_request", f"{where}.events: 1 to {BATCH_EVENTS}")
+            size, last = 0, None
+            for k, e in enumerate(events):
+                if not isinstance(e, dict) or not isinstance(e.get("ts_ms"), int) or \
+                        not isinstance(e.get("message"), str) or not e["message"] or \
+                        e.get("stream", "stdout") not in ("stdout", "stderr"):
+                    return self.error(400, "bad_request", f"{where}.events[{k}]: malformed")
+                if last is not None and e["ts_ms"] < last:
+                    return self.error(400, "bad_request", f"{where}.events[{k}]: out of order")
+                last = e["ts_ms"]
+                size += len(e["message"].encode()) + EVENT_OVERHEAD
+            if size > BATCH_BYTES:
+                return self.error(400, "bad_request", f"{where}: over {BATCH_BYTES} bytes")
+        st = self.server.state
+        accepted = 0
+        with st.lock:
+            rec = st.logs.setdefault(agent["id"], {"posts": 0, "events": 0, "rejected": 0,
+                                                   "streams": {},
+                                                   "last": collections.deque(maxlen=LOGS_KEPT)})
+            rec["posts"] += 1
+            for s in streams:
+                key = f"{s['app']}/{s['service']}/{s['container']}"
+                rec["streams"][key] = rec["streams"].get(key, 0) + len(s["events"])
+                for e in s["events"]:
+                    rec["last"].append(dict(e, app=s["app"], service=s["service"],
+                                            container=s["container"],
+                                            release=s.get("release")))
+                accepted += len(s["events"])
+            rec["events"] += accepted
+        self.send(200, {"accepted": accepted, "rejected": 0})
+
+    def post_metrics(self, agent, body):
+        metrics = body.get("metrics") if isinstance(body, dict) else None
+        if not isinstance(metrics, list) or len(metrics) > METRICS_MAX:
+            return self.error(400, "bad_request", f"metrics: an array of at most {METRICS_MAX}")
+        for i, m in enumerate(metrics):
+            if not isinstance(m, dict) or not isinstance(m.get("name"), str) or \
+                    isinstance(m.get("value"), bool) or \
+                    not isinstance(m.get("value"), (int, float)) or \
+                    not all(isinstance(v, str) for v in (m.get("dimensions") or {}).values()):
+                return self.error(400, "bad_request", f"metrics[{i}]: name, numeric value, "
+                                  "string dimensions")
+        st = self.server.state
+        with st.lock:
+            rec = st.metrics.setdefault(agent["id"], {"posts": 0, "metrics": []})
+            rec["posts"] += 1
+            rec["metrics"] = metrics
+            rec["time_ms"] = now_ms()
+        self.send(200, {"accepted": len(metrics)})
+
     def get_desired(self, agent):
         st = self.server.state
         with st.lock:
@@ -462,6 +560,11 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(200, {"agents": st.inventory})
             if method == "GET" and parts == ["requests"]:
                 return self.send(200, {"requests": st.requests})
+            if method == "GET" and parts == ["logs"]:
+                return self.send(200, {"agents": {a: dict(r, last=list(r["last"]))
+                                                  for a, r in st.logs.items()}})
+            if method == "GET" and parts == ["metrics"]:
+                return self.send(200, {"agents": st.metrics})
             if method == "POST" and parts == ["desired"]:
                 app = body["app"]
                 st.desired[app] = {"generation": body["generation"],

@@ -13,7 +13,9 @@ API that common/docker.c uses, with scripted behaviours picked by names:
         errorDetail; tag notfound: 404; tag garbage: invalid JSON line; tag
         huge: a 2 MiB line; tag concat: objects back to back without newlines.
   logs  container ids logs-normal, logs-truncated (ends inside a frame),
-        logs-tty (raw), logs-drop (connection cut mid-stream), logs-hang (open).
+        logs-tty (raw), logs-drop (connection cut mid-stream), logs-hang (open),
+        logs-many-N (N numbered lines "line 1" .. "line N" as fast as the
+        client takes them; GET /_fake/logs_sent tells how many went out).
   containers: create/start/stop/kill/remove/inspect/list/wait/stats kept in
         memory (304 on start/stop of a container already in that state, 409 on
         a duplicate name or killing a stopped one, 404 on unknown ids);
@@ -22,9 +24,14 @@ API that common/docker.c uses, with scripted behaviours picked by names:
         timeNano >= since), live subscribers get new events.
   build, push (repository names containing "fail" report an error in the
         stream), tag, image remove/list/inspect.
+  info: /info with DockerRootDir /var/lib/docker.
+  networks: create (201; 409 for a name in use), inspect and remove by id or
+        name (404 unknown; 403 while a container named in its "Containers"
+        uses it), list with name (substring, as the engine) and label filters.
 
 Control requests (not recorded):
   GET  /_fake/requests          every request received, as JSON
+  GET  /_fake/logs_sent         {"lines": N}: lines a logs-many stream has sent
   POST /_fake/reset             forget the recorded requests
   POST /_fake/event             {"event": {...}, "wait_subscribers": N}
   POST /_fake/drop_events       {"then_add": [events]}: cut every events stream
@@ -73,6 +80,8 @@ class State:
         self.subscribers = []
         self.conns = set()
         self.server = None
+        self.networks = {}
+        self.logs_sent = 0
 
 
 STATE = None
@@ -263,6 +272,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.list_containers(q)
         if rest == "/images/json" and method == "GET":
             return self.send(200, [])
+        if rest == "/info" and method == "GET":
+            return self.send(200, {"ID": "fake", "Containers": len(STATE.containers),
+                                   "DockerRootDir": "/var/lib/docker",
+                                   "ServerVersion": STATE.profile["Version"]})
+        if p[1] == "networks":
+            return self.network(method, "/".join(p[2:]), q, body)
         if p[1] == "containers" and len(p) >= 3:
             return self.container(method, p[2], "/".join(p[3:]), q)
         if p[1] == "images" and len(p) >= 3:
@@ -276,6 +291,9 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_fake/requests":
             with STATE.lock:
                 return self.send(200, STATE.requests)
+        if path == "/_fake/logs_sent":
+            with STATE.lock:
+                return self.send(200, {"lines": STATE.logs_sent})
         if path == "/_fake/reset":
             with STATE.lock:
                 STATE.requests = []
@@ -410,6 +428,53 @@ class Handler(BaseHTTPRequestHandler):
                                    "RepoDigests": [name.split(":")[0] + "@" + DIGEST]})
         return self.error(404, "page not found")
 
+    # ---- networks ----
+
+    def network(self, method, ref, q, body):
+        with STATE.lock:
+            if method == "GET" and ref == "":
+                filters = json.loads(q["filters"][0]) if "filters" in q else {}
+                out = []
+                for n in STATE.networks.values():
+                    if not all(want in n["Name"] for want in filters.get("name", [])):
+                        continue
+                    if not all(k in n["Labels"] and ("=" not in want or n["Labels"][k] == v)
+                               for want in filters.get("label", [])
+                               for k, _, v in [want.partition("=")]):
+                        continue
+                    out.append(n)
+                return self.send(200, out)
+            if method == "POST" and ref == "create":
+                doc = json.loads(body)
+                name = doc.get("Name", "")
+                if not name:
+                    return self.error(400, "network name is required")
+                if any(n["Name"] == name for n in STATE.networks.values()):
+                    return self.error(409, "network with name %s already exists" % name)
+                nid = "%064x" % (0xfeed0000 + len(STATE.networks) + STATE.next_id)
+                STATE.next_id += 1
+                STATE.networks[nid] = {"Name": name, "Id": nid, "Driver": doc.get("Driver",
+                                       "bridge"), "Labels": doc.get("Labels") or {},
+                                       "Created": "2026-11-26T05:39:11.%09dZ" % STATE.next_id,
+                                       "Containers": {}}
+                return self.send(201, {"Id": nid, "Warning": ""})
+            found = None
+            for nid, n in STATE.networks.items():
+                if ref in (nid, n["Name"]) or (len(ref) >= 12 and nid.startswith(ref)):
+                    found = nid
+                    break
+            if found is None:
+                return self.error(404, "network %s not found" % ref)
+            if method == "GET":
+                return self.send(200, STATE.networks[found])
+            if method == "DELETE":
+                if STATE.networks[found]["Containers"]:
+                    return self.error(403, "error while removing network: network %s id %s "
+                                      "has active endpoints" % (ref, found))
+                del STATE.networks[found]
+                return self.send(204)
+        return self.error(404, "page not found")
+
     # ---- containers ----
 
     def create(self, name, body):
@@ -499,6 +564,21 @@ class Handler(BaseHTTPRequestHandler):
         return self.send(200, out)
 
     def logs(self, ref, q):
+        if ref.startswith("logs-many-"):
+            self.start_chunked("application/vnd.docker.multiplexed-stream")
+            total = int(ref[len("logs-many-"):])
+            for first in range(1, total + 1, 100):
+                last = min(total, first + 99)
+                data = b"".join(frame(1, "2026-11-26T05:39:11.%09dZ line %d\n" % (i, i))
+                                for i in range(first, last + 1))
+                try:
+                    self.chunk(data)
+                except OSError:
+                    self.close_connection = True
+                    return None
+                with STATE.lock:
+                    STATE.logs_sent = last
+            return self.end_chunked()
         if ref == "logs-tty":
             self.start_chunked("application/vnd.docker.raw-stream")
             self.chunk("2026-11-26T05:39:11.000000001Z tty line one\r\n2026-11-26T05:39")

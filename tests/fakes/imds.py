@@ -8,7 +8,17 @@ Serves what slipway's credential provider uses, the way IMDS does:
                                              carrying X-Forwarded-For gets 403.
   GET /latest/meta-data/iam/security-credentials/         the role name
   GET /latest/meta-data/iam/security-credentials/<role>   the credentials JSON
-                                             both need X-aws-ec2-metadata-token with a
+  GET /latest/meta-data/instance-id          the instance id
+  GET /latest/meta-data/placement/region     the region
+  GET /latest/meta-data/autoscaling/target-lifecycle-state
+                                             "InService" (default), "Terminated" while a
+                                             termination lifecycle hook runs, ...
+  GET /latest/meta-data/spot/instance-action {"action": "terminate", "time": RFC 3339}
+                                             once an interruption is scheduled, else 404
+  GET /latest/meta-data/tags/instance        the instance's tag keys, one a line (only
+                                             with instance metadata tags on), and
+  GET /latest/meta-data/tags/instance/<key>  a tag's value
+                                             all need X-aws-ec2-metadata-token with a
                                              live token, else 401; no role -> 404.
 Anything else under /latest is 404; a wrong method on a known path is 405.
 
@@ -20,7 +30,11 @@ Control (not part of IMDS):
        fail_next (answer the next N IMDS requests with fail_status, default 500),
        drop_next (close the connection of the next N IMDS requests without answering),
        revoke_tokens (true: every token issued so far becomes invalid),
-       reset_counts (true)
+       reset_counts (true),
+       instance_id, region (strings),
+       lifecycle_state (string: "InService", "Terminated", ...; null: 404),
+       spot_action ({"action": "terminate"|"stop"|"hibernate", "in_s": N} or null),
+       tags (object: key -> value; null: instance metadata tags are off)
 Command line: --role, --access-key-id, --secret-access-key, --token, --expiration
 set the initial values; -v logs requests to stderr.
 
@@ -40,6 +54,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CREDS_PREFIX = "/latest/meta-data/iam/security-credentials/"
+META = "/latest/meta-data/"
+TAGS_PREFIX = "/latest/meta-data/tags/instance"
 TOKEN_PATH = "/latest/api/token"
 MAX_TTL = 21600
 
@@ -56,6 +72,11 @@ class State:
         self.fail_next = 0
         self.fail_status = 500
         self.drop_next = 0
+        self.instance_id = args.instance_id
+        self.region = args.region
+        self.lifecycle_state = "InService"
+        self.spot_action = None          # {"action", "time"} once scheduled
+        self.tags = None                 # None: instance metadata tags off
         self.reset_counts()
 
     def reset_counts(self):
@@ -68,6 +89,9 @@ class State:
             "failed": 0,        # injected failures
             "dropped": 0,       # injected dropped connections
             "total": 0,         # every IMDS request
+            "lifecycle": 0,     # target-lifecycle-state reads
+            "spot": 0,          # spot/instance-action reads
+            "meta": 0,          # other metadata reads (instance id, region, tags)
         }
         self.last_ttl = None
 
@@ -79,6 +103,11 @@ class State:
             "access_key_id": self.access_key_id,
             "expiration": self.expiration,
             "live_tokens": len(self.tokens),
+            "instance_id": self.instance_id,
+            "region": self.region,
+            "lifecycle_state": self.lifecycle_state,
+            "spot_action": self.spot_action,
+            "tags": self.tags,
         }
 
 
@@ -217,7 +246,35 @@ class Handler(BaseHTTPRequestHandler):
                 }
                 st.counts["creds"] += 1
             return self._send(200, json.dumps(doc, indent=2), "text/plain")
-        return self._send(404, "")
+        return self._metadata()
+
+    def _metadata(self):
+        """The rest of the metadata tree slipway reads (token already checked)."""
+        st = self.state
+        path = self.path
+        with st.lock:
+            if path == META + "autoscaling/target-lifecycle-state":
+                st.counts["lifecycle"] += 1
+                v = st.lifecycle_state
+            elif path == META + "spot/instance-action":
+                st.counts["spot"] += 1
+                v = json.dumps(st.spot_action) if st.spot_action else None
+            elif path == META + "instance-id":
+                st.counts["meta"] += 1
+                v = st.instance_id
+            elif path == META + "placement/region":
+                st.counts["meta"] += 1
+                v = st.region
+            elif path in (TAGS_PREFIX, TAGS_PREFIX + "/"):
+                st.counts["meta"] += 1
+                v = "\n".join(sorted(st.tags)) if st.tags is not None else None
+            elif path.startswith(TAGS_PREFIX + "/"):
+                st.counts["meta"] += 1
+                key = path[len(TAGS_PREFIX) + 1:]
+                v = st.tags.get(key) if st.tags is not None else None
+            else:
+                v = None
+        return self._send(200, v) if v is not None else self._send(404, "")
 
     def do_POST(self):
         body = self._read_body()
@@ -246,6 +303,19 @@ class Handler(BaseHTTPRequestHandler):
                 st.tokens.clear()
             if req.get("reset_counts"):
                 st.reset_counts()
+            for key in ("instance_id", "region"):
+                if key in req:
+                    setattr(st, key, str(req[key]))
+            if "lifecycle_state" in req:
+                st.lifecycle_state = req["lifecycle_state"]
+            if "spot_action" in req:
+                a = req["spot_action"]
+                st.spot_action = None if not a else {
+                    "action": a.get("action", "terminate"),
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                          time.gmtime(time.time() + float(a.get("in_s", 120))))}
+            if "tags" in req:
+                st.tags = dict(req["tags"]) if req["tags"] is not None else None
             snap = st.snapshot()
         return self._send(200, json.dumps(snap), "application/json")
 
@@ -277,6 +347,8 @@ def main():
     ap.add_argument("--secret-access-key", default="fake/imds+secret0000000000000000000001")
     ap.add_argument("--token", default="FwoGZXIvYXdzEFAKEsessiontoken0001")
     ap.add_argument("--expiration", default="2030-01-01T06:00:00Z")
+    ap.add_argument("--instance-id", default="i-0123456789abcdef0")
+    ap.add_argument("--region", default="us-east-1")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
 

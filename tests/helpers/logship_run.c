@@ -11,7 +11,8 @@
  *               [--metrics-listen ADDR] [--metrics-interval-ms N]
  *
  * CloudWatch credentials come from aws_credentials (environment, shared
- * file). With --coordinator, the agent token comes from DIR/identity.json.
+ * file). With --coordinator, the agent id and token come from
+ * DIR/identity.json (as a registered agent wrote it), read once at start.
  * SIGTERM or SIGINT stop it cleanly (last checkpoints written); SIGKILL is
  * what the crash tests use. Logs go to stderr.
  */
@@ -23,13 +24,47 @@
 
 #include "agent.h"
 #include "aws_credentials.h"
+#include "coord_client.h"
 #include "cwlogs.h"
 #include "docker.h"
 #include "http_client.h"
+#include "json.h"
 #include "log.h"
 #include "logdest.h"
 #include "logship.h"
 #include "metrics.h"
+
+struct identity {
+	char agent_id[128];
+	char token[600];
+};
+
+/* The identity file a registered agent keeps; "" when it is missing or bad. */
+static void read_identity(const char *dir, struct identity *id)
+{
+	char path[4096], text[16384];
+	snprintf(path, sizeof path, "%s/%s", dir, COORD_IDENTITY_FILE);
+	FILE *f = fopen(path, "r");
+	size_t n = f ? fread(text, 1, sizeof text, f) : 0;
+	if (f)
+		fclose(f);
+	cJSON *doc = n ? json_parse(text, n, sizeof text, NULL) : NULL;
+	const char *a = NULL, *t = NULL;
+	if (doc && json_get_string(doc, NULL, "agent_id", sizeof id->agent_id - 1, &a, NULL) == 0 &&
+	    json_get_string(doc, NULL, "token", sizeof id->token - 1, &t, NULL) == 0) {
+		snprintf(id->agent_id, sizeof id->agent_id, "%s", a);
+		snprintf(id->token, sizeof id->token, "%s", t);
+		log_redact_add(id->token);
+	}
+	cJSON_Delete(doc);
+}
+
+static void identity_of(void *ctx, const char **agent_id, const char **token)
+{
+	const struct identity *id = ctx;
+	*agent_id = id->agent_id;
+	*token = id->token;
+}
 
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
@@ -122,11 +157,11 @@ int main(int argc, char **argv)
 		    !(cw = cwlogs_new(loop, http, creds, &cwo, &err)) || !(dest = logdest_cloudwatch(cw)))
 			goto out;
 	} else {
-		char ident[4096];
-		snprintf(ident, sizeof ident, "%s/identity.json", state);
+		static struct identity ident;
+		read_identity(state, &ident);
 		struct logdest_coord_opts lo = {.loop = loop, .http = http, .url = coord,
-						.identity_path = ident, .retry_base_ms = 200,
-						.retry_cap_ms = 2000};
+						.identity = identity_of, .identity_ctx = &ident,
+						.retry_base_ms = 200, .retry_cap_ms = 2000};
 		if (!(dest = logdest_coordinator(&lo, &err)))
 			goto out;
 	}

@@ -158,6 +158,15 @@ class Coordinator:
     def requests(self):
         return self.call("GET", "/_fake/requests")["requests"]
 
+    def logs(self):
+        """What agents posted to .../logs: {agent_id: {"posts", "events", "rejected",
+        "streams": {"app/service/container": events}, "last": [newest events]}}."""
+        return self.call("GET", "/_fake/logs")["agents"]
+
+    def metrics(self):
+        """The latest .../metrics batch per agent: {agent_id: {"posts", "metrics"}}."""
+        return self.call("GET", "/_fake/metrics")["agents"]
+
     def wait_result(self, job_id, timeout=60):
         """Waits until the job is acknowledged (or failed by the queue); returns its record."""
         def done():
@@ -218,9 +227,14 @@ class Agent:
             "deploy.min_free_disk": "64M",
             "deploy.drain_timeout": "10s",
             "proxy.bind": "127.0.0.1",
-            "log.level": os.environ.get("SW_LOG","info"),
+            # Never the default 127.0.0.1:9464: agents of parallel tests would collide.
+            "metrics.listen": f"127.0.0.1:{free_port()}",
+            "log.level": os.environ.get("SW_LOG", "info"),
         }
         cfg.update(extra or {})
+        cfg = {k: v for k, v in cfg.items() if v is not None}  # None: leave the key out
+        listen = cfg.get("metrics.listen", "")
+        self.metrics_port = int(listen.rsplit(":", 1)[1]) if ":" in listen else None
         with open(self.config, "w") as f:
             for k, v in cfg.items():
                 f.write(f'{k} = "{v}"\n')
@@ -264,6 +278,25 @@ class Agent:
 
     def control(self, method, path, body=None):
         return unix_request(os.path.join(self.state_dir, "proxy.sock"), method, path, body, 10)
+
+    def metrics(self):
+        """The agent's Prometheus page as {"name{labels}": value} ({} when it
+        does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                        timeout=5) as r:
+                text = r.read().decode()
+        except (OSError, TypeError):
+            return {}
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+        return out
 
     def proxy_pid(self):
         try:

@@ -7,6 +7,9 @@ failed request; roll back by restarting kept containers; a release that never
 becomes healthy and an image that cannot be pulled fail cleanly while v1 keeps
 serving; malformed jobs are acknowledged failed and change nothing; a worker
 (no port) swaps by health; the inventory reaches the coordinator; remove.
+Health data: every swap's outcome and duration on the agent's metrics page,
+and (embedded mode: no CloudWatch) container output and metrics posted to
+the coordinator.
 """
 import json
 import os
@@ -21,7 +24,7 @@ import agentlib as L  # noqa: E402
 from tap import Tap  # noqa: E402
 
 L.require_env()
-t = Tap(39)
+t = Tap(42)
 env = L.Env("deploy")
 
 
@@ -168,6 +171,35 @@ try:
     t.check("unpullable image: nothing changed",
             sorted(c["Id"] for c in app_containers("web")) == before and get(port)[2] == "v1",
             json.dumps([c["Names"] for c in app_containers("web")]))
+
+    # ---- health data ----
+    m = agent.metrics()
+    t.check("per swap: 3 succeeded and 2 failed swaps of web, with the last one's duration, "
+            "on the agent's metrics page",
+            m.get('slipway_swaps_total{app="web",outcome="succeeded"}') == 3 and
+            m.get('slipway_swaps_total{app="web",outcome="failed"}') == 2 and
+            m.get('slipway_swap_last_duration_ms{app="web"}', 0) > 0,
+            json.dumps({k: v for k, v in m.items() if "swap" in k}))
+
+    def v1_output():
+        for rec in coord.logs().values():
+            for e in rec["last"]:
+                if e["app"] == "web" and e["service"] == "web" and e["release"] == "r1" and \
+                        "testsrv release=v1 listening" in e["message"]:
+                    return rec
+        return None
+    rec = L.wait_for(v1_output, 15, 0.2)
+    t.check("embedded mode: the containers' output reaches the coordinator (POST .../logs)",
+            rec and rec["rejected"] == 0, json.dumps(coord.logs())[:1500])
+
+    def metrics_batch():
+        for rec in coord.metrics().values():
+            names = {x["name"] for x in rec["metrics"]}
+            if {"InstanceCpuPercent", "AgentPrivateMemoryBytes"} <= names:
+                return names
+        return None
+    t.check("embedded mode: health data reaches the coordinator (POST .../metrics)",
+            L.wait_for(metrics_batch, 15, 0.2), json.dumps(coord.metrics())[:1500])
 
     # ---- malformed jobs ----
     good = web_release("r6", L.IMAGE_V2, "v6", port)

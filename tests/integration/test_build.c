@@ -846,10 +846,11 @@ static void test_release_refused_fails_build(void **state)
 	assert_int_equal(store_run(T.c.store, insert_upload, &u, &e), 0);
 	builder_kick(T.c.builder);
 	int64_t deadline = clock_mono_ms() + 300000;
-	const char *status = "";
+	char status[32] = "";
 	int seen_complete = 0;
 	while (clock_mono_ms() < deadline) {
-		status = query("SELECT status FROM builds WHERE id = 'b_upload0002'");
+		snprintf(status, sizeof status, "%s",
+			 query("SELECT status FROM builds WHERE id = 'b_upload0002'"));
 		seen_complete |= !strcmp(status, "complete");
 		if (!strcmp(status, "failed") && builder_running(T.c.builder) == 0)
 			break;

@@ -65,6 +65,8 @@ struct fixture {
 	char extend_lease[72];
 	enum deployer_reply extend_reply;
 	int resyncs;
+	int swap_ends;
+	char swap_end[128];      /* "app outcome duration_ms" of the last one */
 };
 
 /* ---- fakes ---- */
@@ -139,6 +141,14 @@ static void fake_extend(void *ctx, const char *job_id, const char *lease_id, int
 	done(f->extend_reply, arg);
 }
 
+static void on_swap_end(void *arg, const char *app, const char *outcome, int64_t duration_ms)
+{
+	struct fixture *f = arg;
+	f->swap_ends++;
+	snprintf(f->swap_end, sizeof f->swap_end, "%s %s %lld", app, outcome,
+		 (long long)duration_ms);
+}
+
 /* ---- plumbing ---- */
 
 static void open_deployer(struct fixture *f)
@@ -149,6 +159,8 @@ static void open_deployer(struct fixture *f)
 		.coord = {.ack = fake_ack, .extend = fake_extend, .ctx = f},
 		.runner = {.start = fake_start, .proceed = fake_proceed, .cancel = fake_cancel,
 			   .resync = fake_resync, .ctx = f},
+		.on_swap_end = on_swap_end,
+		.swap_end_arg = f,
 		.tick_ms = 5,
 	};
 	f->d = deployer_new(&o, &err);
@@ -626,6 +638,32 @@ static void test_lease_extension(void **state)
 	assert_string_equal(f->extend_lease, "l2");
 }
 
+/* Every swap this process ran reports its outcome and duration (the health
+ * metrics' per-swap figures); refused, superseded and recovered jobs do not. */
+static void test_swap_end_reported(void **state)
+{
+	struct fixture *f = *state;
+	offer(f, "j1", "web", 1, "r1", "l1");
+	clock_fake_advance(4200);
+	run_to_success(f, "j1");
+	assert_int_equal(f->swap_ends, 1);
+	assert_string_equal(f->swap_end, "web succeeded 4200");
+
+	offer(f, "j2", "web", 2, "r2", "l2");
+	clock_fake_advance(900);
+	finish(f, swap_of(f, "j2"), SWAP_FAILED, "never healthy", NULL);
+	assert_int_equal(f->swap_ends, 2);
+	assert_string_equal(f->swap_end, "web failed 900");
+
+	offer(f, "j3", "web", 1, "r1", "l3");         /* superseded: no swap */
+	offer(f, "j4", "api", 5, "r5", "l4");
+	restart(f);                                   /* interrupted: recovered, not reported */
+	struct fake_swap *s = swap_of(f, "j4");
+	assert_int_equal(s->kind, SWAP_RECOVER);
+	finish(f, s, SWAP_UNDONE, NULL, NULL);
+	assert_int_equal(f->swap_ends, 2);
+}
+
 static void test_remove_job(void **state)
 {
 	struct fixture *f = *state;
@@ -721,6 +759,7 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_ack_survives_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lease_extension, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_swap_end_reported, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_remove_job, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_journal_holds_no_environment, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_snapshot_round_trip, setup, teardown),

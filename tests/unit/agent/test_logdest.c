@@ -1,7 +1,9 @@
 /*
  * logdest, coordinator side: the request (docs/protocol.md "Logs (embedded
- * mode)"), the agent token read from the identity file and read again after
- * a 401, retries (5xx, 429 with Retry-After), and what is final (400).
+ * mode)"), the agent id and token asked of the identity callback (the
+ * coordinator client in the agent) before every request, so a new token
+ * after a 401 is used at once, retries (5xx, 429 with Retry-After), and what
+ * is final (400).
  * Against a scripted server in this process (common/httpd).
  */
 #include <stdarg.h>
@@ -26,7 +28,7 @@ struct answer {
 	int status;
 	const char *body;
 	const char *retry_after;
-	const char *rotate_token;   /* rewrite the identity file before answering */
+	const char *rotate_token;   /* the client registers again: a new token */
 };
 
 struct fix {
@@ -34,8 +36,9 @@ struct fix {
 	struct http_client *http;
 	struct httpd *srv;
 	struct logdest *d;
-	char dir[64];
-	char ident[128];
+	char agent_id[64];
+	char token[128];
+	int identity_calls;
 	char url[64];
 	const struct answer *script;
 	size_t nscript, next;
@@ -48,12 +51,19 @@ struct fix {
 	struct logdest_result res;
 };
 
+/* As the coordinator client does after a registration. */
 static void write_identity(struct fix *f, const char *token)
 {
-	FILE *fp = fopen(f->ident, "w");
-	fprintf(fp, "{\"agent_id\":\"ag_test\",\"token\":\"%s\",\"url\":\"%s\",\"instance_id\":\"i\"}",
-		token, f->url);
-	fclose(fp);
+	snprintf(f->agent_id, sizeof f->agent_id, "%s", *token ? "ag_test" : "");
+	snprintf(f->token, sizeof f->token, "%s", token);
+}
+
+static void identity(void *ctx, const char **agent_id, const char **token)
+{
+	struct fix *f = ctx;
+	f->identity_calls++;
+	*agent_id = f->agent_id;
+	*token = f->token;
 }
 
 static void handler(struct httpd_req *req, void *arg)
@@ -91,11 +101,8 @@ static int setup(void **state)
 	f->srv = httpd_new(f->loop, &hc, NULL);
 	assert_non_null(f->srv);
 	snprintf(f->url, sizeof f->url, "http://127.0.0.1:%d", httpd_port(f->srv));
-	snprintf(f->dir, sizeof f->dir, "/tmp/slipway-logdest-XXXXXX");
-	assert_non_null(mkdtemp(f->dir));
-	snprintf(f->ident, sizeof f->ident, "%s/identity.json", f->dir);
 	struct logdest_coord_opts o = {.loop = f->loop, .http = f->http, .url = f->url,
-				       .identity_path = f->ident, .retry_base_ms = 1,
+				       .identity = identity, .identity_ctx = f, .retry_base_ms = 1,
 				       .retry_cap_ms = 5, .timeout_ms = 5000};
 	f->d = logdest_coordinator(&o, NULL);
 	assert_non_null(f->d);
@@ -110,8 +117,6 @@ static int teardown(void **state)
 	httpd_free(f->srv);
 	http_client_free(f->http);
 	ev_loop_destroy(f->loop);
-	unlink(f->ident);
-	rmdir(f->dir);
 	free(f->body);
 	free(f);
 	return 0;
@@ -184,7 +189,7 @@ static void test_sends_with_token(void **state)
 	assert_false(logdest_is_cloudwatch(f->d));
 }
 
-/* 401: the coordinator client registered again; the new token is read. */
+/* 401: the coordinator client registered again; the new token is used. */
 static void test_token_rotated(void **state)
 {
 	struct fix *f = *state;
@@ -196,6 +201,23 @@ static void test_token_rotated(void **state)
 	assert_int_equal(f->res.status, LOGDEST_OK);
 	assert_string_equal(f->auths[0], "Bearer tok-old");
 	assert_string_equal(f->auths[1], "Bearer tok-new");
+}
+
+/* The token is asked for per request, not kept: one that changed between
+ * two batches (a registration elsewhere) is used by the next one. */
+static void test_token_asked_per_request(void **state)
+{
+	struct fix *f = *state;
+	write_identity(f, "tok-a");
+	do_send(f, NULL, 0);
+	assert_int_equal(f->res.status, LOGDEST_OK);
+	write_identity(f, "tok-b");
+	f->done = 0;
+	do_send(f, NULL, 0);
+	assert_int_equal(f->res.status, LOGDEST_OK);
+	assert_string_equal(f->auths[0], "Bearer tok-a");
+	assert_string_equal(f->auths[1], "Bearer tok-b");
+	assert_int_equal(f->identity_calls, 2);
 }
 
 static void test_retries_then_unreachable(void **state)
@@ -230,12 +252,7 @@ static void test_refused_and_unregistered(void **state)
 	assert_int_equal(f->res.status, LOGDEST_REFUSED);
 	assert_int_equal(f->seen, 1);
 	/* No identity yet (not registered): nothing is sent, the batch waits (spool). */
-	unlink(f->ident);
-	logdest_free(f->d);
-	struct logdest_coord_opts o = {.loop = f->loop, .http = f->http, .url = f->url,
-				       .identity_path = f->ident, .retry_base_ms = 1,
-				       .retry_cap_ms = 5};
-	f->d = logdest_coordinator(&o, NULL);
+	write_identity(f, "");
 	f->done = 0;
 	f->seen = 0;
 	do_send(f, NULL, 0);
@@ -264,6 +281,7 @@ int main(void)
 		T(test_body),
 		T(test_sends_with_token),
 		T(test_token_rotated),
+		T(test_token_asked_per_request),
 		T(test_retries_then_unreachable),
 		T(test_refused_and_unregistered),
 		T(test_metrics_post),

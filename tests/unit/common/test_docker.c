@@ -883,6 +883,182 @@ static void test_logs(void **state)
 	env_down(&e);
 }
 
+/* Lets the loop run for s seconds: only to show that nothing happens meanwhile. */
+static void run_for(struct env *e, double s)
+{
+	int expired = 0;
+	ev_timer guard;
+	ev_timer_init(&guard, on_guard, s, 0.0);
+	guard.data = &expired;
+	ev_timer_start(e->loop, &guard);
+	while (!expired)
+		ev_run(e->loop, EVRUN_ONCE);
+}
+
+/* logs-many-N: numbered lines, checked in order; pauses at line pause_at. */
+struct many {
+	struct res r;
+	struct docker *d;
+	uint64_t id;
+	int n, bad, pause_at;
+};
+
+static int on_many_line(const struct linesplit_line *l, void *arg)
+{
+	struct many *m = arg;
+	m->n++;
+	int k = -1;
+	if (sscanf(l->text, "line %d", &k) != 1 || k != m->n || l->stream != 1)
+		m->bad++;
+	if (m->n == m->pause_at)
+		docker_logs_pause(m->d, m->id, true);
+	return 0;
+}
+
+static int fake_logs_sent(struct fake *f)
+{
+	cJSON *doc = fake_request(f, "GET", "/_fake/logs_sent", NULL);
+	int n = cJSON_GetObjectItem(doc, "lines")->valueint;
+	cJSON_Delete(doc);
+	return n;
+}
+
+static int count_requests(struct fake *f, const char *prefix)
+{
+	char *paths = fake_paths(f);
+	int n = 0;
+	for (const char *p = paths; (p = strstr(p, prefix)); p++)
+		n++;
+	free(paths);
+	return n;
+}
+
+static void test_logs_pause(void **state)
+{
+	(void)state;
+	struct env e;
+	env_up(&e, "old", NULL);
+	struct many m = {.d = e.d, .pause_at = 1};
+	struct docker_logs_opts o = {.follow = 1};
+	m.id = docker_container_logs(e.d, "logs-many-20000", &o, on_many_line, on_done, &m);
+	assert_true(m.id > 0);
+	wait_for(&e, &m.n, 1);
+	int held = m.n;
+	run_for(&e, 0.4);
+	/* Only what the read in progress carried (4 KiB: under a hundred lines). */
+	assert_int_equal(m.n, held);
+	assert_true(held < 100);
+	assert_int_equal(m.r.called, 0);
+	int sent = fake_logs_sent(&e.fake);
+	assert_true(sent < 20000); /* the engine is held back too */
+	docker_logs_pause(e.d, m.id, false);
+	assert_int_equal(m.n, held); /* resumed from the loop, not in the call */
+	wait_for(&e, &m.r.called, 1);
+	assert_int_equal(m.r.error, DOCKER_OK);
+	assert_int_equal(m.n, 20000);
+	assert_int_equal(m.bad, 0);
+	/* One connection throughout: no second request, no since= scan. */
+	assert_int_equal(count_requests(&e.fake, "/containers/logs-many-20000/logs"), 1);
+	res_free(&m.r);
+
+	/* Paused before the request even went out (the version is negotiated
+	 * first): nothing arrives until the resume. */
+	docker_free(e.d);
+	e.d = docker_new(e.loop, e.http, &(struct docker_opts){.socket_path = e.fake.sock});
+	struct many m2 = {.d = e.d};
+	m2.id = docker_container_logs(e.d, "logs-many-3000", &o, on_many_line, on_done, &m2);
+	assert_true(m2.id > 0);
+	docker_logs_pause(e.d, m2.id, true);
+	run_for(&e, 0.3);
+	assert_int_equal(m2.n, 0);
+	docker_logs_pause(e.d, m2.id, false);
+	wait_for(&e, &m2.r.called, 1);
+	assert_int_equal(m2.r.error, DOCKER_OK);
+	assert_int_equal(m2.n, 3000);
+	assert_int_equal(m2.bad, 0);
+	res_free(&m2.r);
+	/* Ids that are no log stream are ignored. */
+	docker_logs_pause(e.d, m2.id, true);
+	docker_logs_pause(e.d, 0, true);
+	env_down(&e);
+}
+
+static void test_info_and_networks(void **state)
+{
+	(void)state;
+	struct env e;
+	env_up(&e, "new", NULL);
+	struct res r;
+	RUN(&e, r, docker_info(e.d, 0, on_done, &r));
+	assert_int_equal(r.error, DOCKER_OK);
+	cJSON *doc = cJSON_Parse(r.json);
+	assert_string_equal(cJSON_GetObjectItem(doc, "DockerRootDir")->valuestring,
+			    "/var/lib/docker");
+	cJSON_Delete(doc);
+	res_free(&r);
+
+	cJSON *body = cJSON_CreateObject();
+	cJSON_AddStringToObject(body, "Name", "sw-net");
+	cJSON_AddStringToObject(body, "Driver", "bridge");
+	cJSON *labels = cJSON_AddObjectToObject(body, "Labels");
+	cJSON_AddStringToObject(labels, "slipway.managed", "true");
+	RUN(&e, r, docker_network_create(e.d, body, 0, on_done, &r));
+	assert_int_equal(r.error, DOCKER_OK);
+	assert_int_equal(r.status, 201);
+	char net_id[72];
+	snprintf(net_id, sizeof net_id, "%s", r.id);
+	assert_int_equal(strlen(net_id), 64);
+	res_free(&r);
+	cJSON *all;
+	const cJSON *req = fake_last(&e.fake, "/v1.51/networks/create", &all);
+	assert_string_equal(req_header(req, "content-type"), "application/json");
+	doc = cJSON_Parse(cJSON_GetObjectItem(req, "body")->valuestring);
+	assert_string_equal(cJSON_GetObjectItem(doc, "Name")->valuestring, "sw-net");
+	cJSON_Delete(doc);
+	cJSON_Delete(all);
+	/* The name is taken now. */
+	RUN(&e, r, docker_network_create(e.d, body, 0, on_done, &r));
+	assert_int_equal(r.error, DOCKER_ERR_CONFLICT);
+	res_free(&r);
+	cJSON_Delete(body);
+
+	const char *const want[] = {"slipway.managed=true", NULL};
+	RUN(&e, r, docker_network_list(e.d, "sw-net", want, 0, on_done, &r));
+	assert_int_equal(r.error, DOCKER_OK);
+	doc = cJSON_Parse(r.json);
+	assert_int_equal(cJSON_GetArraySize(doc), 1);
+	assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(doc, 0), "Id")->valuestring,
+			    net_id);
+	cJSON_Delete(doc);
+	res_free(&r);
+	req = fake_last(&e.fake, "/v1.51/networks?", &all);
+	assert_string_equal(req_path(req), "/v1.51/networks?filters=%7B%22name%22%3A%5B%22sw-net"
+					   "%22%5D%2C%22label%22%3A%5B%22slipway.managed%3Dtrue%22"
+					   "%5D%7D");
+	cJSON_Delete(all);
+	const char *const other[] = {"slipway.managed=false", NULL};
+	RUN(&e, r, docker_network_list(e.d, NULL, other, 0, on_done, &r));
+	assert_string_equal(r.json, "[]");
+	res_free(&r);
+
+	RUN(&e, r, docker_network_inspect(e.d, "sw-net", 0, on_done, &r));
+	assert_int_equal(r.error, DOCKER_OK);
+	assert_string_equal(r.id, net_id);
+	res_free(&r);
+	RUN(&e, r, docker_network_remove(e.d, net_id, 0, on_done, &r));
+	assert_int_equal(r.error, DOCKER_OK);
+	res_free(&r);
+	RUN(&e, r, docker_network_remove(e.d, net_id, 0, on_done, &r));
+	assert_int_equal(r.error, DOCKER_ERR_NOT_FOUND);
+	res_free(&r);
+	RUN(&e, r, docker_network_inspect(e.d, "sw-net", 0, on_done, &r));
+	assert_int_equal(r.error, DOCKER_ERR_NOT_FOUND);
+	res_free(&r);
+	assert_int_equal(docker_network_create(e.d, NULL, 0, on_done, &r), 0);
+	assert_int_equal(docker_network_remove(e.d, "", 0, on_done, &r), 0);
+	env_down(&e);
+}
+
 static void test_cancel(void **state)
 {
 	(void)state;
@@ -1177,6 +1353,8 @@ int main(void)
 		cmocka_unit_test(test_push_tag_inspect_remove),
 		cmocka_unit_test(test_build),
 		cmocka_unit_test(test_logs),
+		cmocka_unit_test(test_logs_pause),
+		cmocka_unit_test(test_info_and_networks),
 		cmocka_unit_test(test_cancel),
 		cmocka_unit_test(test_events_resume_after_drop),
 		cmocka_unit_test(test_events_drop_before_any_event),

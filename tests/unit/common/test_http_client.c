@@ -35,6 +35,7 @@
 /* the scripted server                                                 */
 
 #define IN_MAX ((size_t)256 << 10)
+#define FIREHOSE_LEN (4L << 20)
 #define BODY_MAX ((size_t)8 << 20)
 
 struct srv;
@@ -72,6 +73,8 @@ struct srv {
 	int barrier_target, barrier_waiting, barrier_max;
 	/* counters the test thread polls after a notification */
 	atomic_int hang_started, hang_closed;
+	atomic_long fire_sent;  /* /firehose: bytes handed to the socket so far */
+	atomic_int accepted, open_conns; /* connections accepted; not yet closed by the client */
 	struct ev_loop *loop;
 	ev_async notify;
 };
@@ -292,6 +295,19 @@ static int handle(struct conn *cn, struct req *r)
 		atomic_fetch_add(&s->hang_closed, 1);
 		srv_notify(s);
 		return 0;
+	} else if (strcmp(path, "/firehose") == 0) {
+		/* FIREHOSE_LEN bytes of a known pattern as fast as the client takes
+		 * them; fire_sent tells how far the socket let the server get. */
+		sendf(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+		char part[8192];
+		for (long off = 0; off < FIREHOSE_LEN; off += (long)sizeof part) {
+			for (size_t i = 0; i < sizeof part; i++)
+				part[i] = (char)((off + (long)i) % 251);
+			if (send_chunk(fd, part, sizeof part) < 0)
+				return 0;
+			atomic_store(&s->fire_sent, off + (long)sizeof part);
+		}
+		send_all(fd, "0\r\n\r\n", 5);
 	} else if (strcmp(path, "/notfound") == 0) {
 		const char *json = "{\"message\":\"no such thing\"}";
 		sendf(fd, "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
@@ -411,6 +427,8 @@ static void *conn_main(void *arg)
 	/* The peer sees the end now; the descriptor is closed when the server stops,
 	 * so its number cannot be reused under srv_stop's shutdown(). */
 	shutdown(cn->fd, SHUT_RDWR);
+	atomic_fetch_sub(&cn->srv->open_conns, 1);
+	srv_notify(cn->srv);
 	return NULL;
 }
 
@@ -436,6 +454,8 @@ static void *acceptor_main(void *arg)
 			int fd = accept4(pf[i].fd, NULL, NULL, SOCK_CLOEXEC);
 			if (fd < 0)
 				continue;
+			atomic_fetch_add(&s->accepted, 1);
+			atomic_fetch_add(&s->open_conns, 1);
 			struct conn *cn = calloc(1, sizeof *cn);
 			cn->srv = s;
 			cn->fd = fd;
@@ -1391,6 +1411,218 @@ static void test_default_should_retry(void **state)
 	assert_string_not_equal(http_error_name(HTTP_ERR_TLS), http_error_name(HTTP_ERR_TIMEOUT));
 }
 
+/* ---- flow control ---- */
+
+/* /firehose read through on_data, every byte checked against its pattern. */
+struct hose {
+	struct result r;        /* first: on_done gets the same arg */
+	long got;
+	int calls;
+	int bad;
+	size_t max_chunk;
+	int pause_at_call;      /* pause inside on_data at this call (0: never) */
+	int pause_every;        /* pause at every n-th call, resumed by a timer */
+	int pauses;
+	ev_timer resume;
+};
+
+static void on_hose_resume(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	struct hose *h = w->data;
+	http_client_pause(h->r.fix->client, h->r.id, false);
+}
+
+static int on_hose_data(const char *data, size_t len, void *arg)
+{
+	struct hose *h = arg;
+	h->calls++;
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)data[i] != (unsigned char)((h->got + (long)i) % 251))
+			h->bad++;
+	h->got += (long)len;
+	if (len > h->max_chunk)
+		h->max_chunk = len;
+	if (h->calls == h->pause_at_call ||
+	    (h->pause_every && h->calls % h->pause_every == 0)) {
+		h->pauses++;
+		http_client_pause(h->r.fix->client, h->r.id, true);
+		if (h->pause_every) {
+			ev_timer_set(&h->resume, 0.001, 0.0);
+			ev_timer_start(h->r.fix->loop, &h->resume);
+		}
+	}
+	return 0;
+}
+
+static void hose_start(struct fix *f, struct hose *h, const char *path, size_t recv_buffer)
+{
+	memset(h, 0, sizeof *h);
+	result_init(&h->r, f);
+	ev_timer_init(&h->resume, on_hose_resume, 0.0, 0.0);
+	h->resume.data = h;
+	/* A unix socket: its small buffers hold the server back soon. */
+	struct http_request t = {.on_data = on_hose_data, .unix_socket = f->srv->sock_path,
+				 .stall_timeout_ms = 100, .recv_buffer = recv_buffer};
+	assert_true(start_get(f, path, &h->r, &t) > 0);
+}
+
+static void test_pause_inside_on_data(void **state)
+{
+	struct fix *f = *state;
+	struct hose h;
+	hose_start(f, &h, "/firehose", 0);
+	h.pause_at_call = 1;
+	run_until(f->loop, &h.calls);
+	run_for(f->loop, 0.4); /* four stall timeouts long */
+	assert_int_equal(h.calls, 1);
+	assert_int_equal(h.r.done, 0);
+	long sent = atomic_load(&f->srv->fire_sent);
+	assert_true(sent < FIREHOSE_LEN); /* the server is held back, the connection open */
+	assert_int_equal(f->srv->hang_closed, 0);
+	http_client_pause(f->client, h.r.id, false);
+	assert_int_equal(h.calls, 1); /* a resume never delivers inside the call */
+	run_until(f->loop, &h.r.done);
+	assert_int_equal(h.r.error, HTTP_OK);
+	assert_int_equal(h.r.status, 200);
+	assert_int_equal(h.got, FIREHOSE_LEN);
+	assert_int_equal(h.bad, 0);
+	assert_int_equal(h.r.attempts, 1);
+	result_free(&h.r);
+}
+
+static void test_pause_before_any_data(void **state)
+{
+	struct fix *f = *state;
+	struct hose h;
+	hose_start(f, &h, "/firehose", 0);
+	http_client_pause(f->client, h.r.id, true); /* not even connected yet */
+	run_for(f->loop, 0.3);
+	assert_int_equal(h.calls, 0);
+	assert_int_equal(h.r.done, 0);
+	assert_true(atomic_load(&f->srv->fire_sent) < FIREHOSE_LEN);
+	http_client_pause(f->client, h.r.id, false);
+	run_until(f->loop, &h.r.done);
+	assert_int_equal(h.r.error, HTTP_OK);
+	assert_int_equal(h.got, FIREHOSE_LEN);
+	assert_int_equal(h.bad, 0);
+	result_free(&h.r);
+}
+
+static void test_pause_resume_many_times(void **state)
+{
+	struct fix *f = *state;
+	struct hose h;
+	hose_start(f, &h, "/firehose", 4096);
+	h.pause_every = 7;
+	run_until(f->loop, &h.r.done);
+	assert_int_equal(h.r.error, HTTP_OK);
+	assert_int_equal(h.got, FIREHOSE_LEN);
+	assert_int_equal(h.bad, 0); /* nothing lost, repeated or reordered */
+	assert_true(h.pauses > 100);
+	assert_true(h.max_chunk <= 4096);
+	ev_timer_stop(f->loop, &h.resume);
+	result_free(&h.r);
+}
+
+static void test_cancel_while_paused(void **state)
+{
+	struct fix *f = *state;
+	struct hose h;
+	hose_start(f, &h, "/firehose", 0);
+	h.pause_at_call = 1;
+	run_until(f->loop, &h.calls);
+	http_client_pause(f->client, h.r.id, false);
+	http_client_pause(f->client, h.r.id, true); /* the resume is taken back */
+	http_client_cancel(f->client, h.r.id);
+	http_client_pause(f->client, h.r.id, false); /* unknown now: ignored */
+	run_for(f->loop, 0.2);
+	assert_int_equal(h.calls, 1);
+	assert_int_equal(h.r.done, 0);
+	assert_int_equal(http_client_pending(f->client), 0);
+	result_free(&h.r);
+}
+
+static void test_recv_buffer(void **state)
+{
+	struct fix *f = *state;
+	struct hose h;
+	hose_start(f, &h, "/firehose", 1024);
+	run_until(f->loop, &h.r.done);
+	assert_int_equal(h.got, FIREHOSE_LEN);
+	assert_int_equal(h.bad, 0);
+	assert_true(h.max_chunk <= 1024);
+	result_free(&h.r);
+	hose_start(f, &h, "/firehose", 0);
+	run_until(f->loop, &h.r.done);
+	assert_int_equal(h.got, FIREHOSE_LEN);
+	assert_true(h.max_chunk > 1024); /* curl's default is 16 KiB */
+	result_free(&h.r);
+	/* Sizes curl would refuse are refused here. */
+	struct result r;
+	result_init(&r, f);
+	struct http_request t = {.recv_buffer = 100};
+	assert_int_equal(start_get(f, "/hello", &r, &t), 0);
+	t.recv_buffer = HTTP_RECV_BUFFER_MAX + 1;
+	assert_int_equal(start_get(f, "/hello", &r, &t), 0);
+	result_free(&r);
+}
+
+/* Connections: reused for the next request unless no_reuse says otherwise;
+ * idle ones beyond HTTP_IDLE_CONNECTIONS_MAX are closed. */
+static void test_connection_reuse_and_idle_cap(void **state)
+{
+	struct fix *f = *state;
+	struct result r;
+	for (int i = 0; i < 3; i++) {
+		result_init(&r, f);
+		start_get(f, "/hello", &r, NULL);
+		run_until(f->loop, &r.done);
+		assert_int_equal(r.status, 200);
+		result_free(&r);
+	}
+	assert_int_equal(atomic_load(&f->srv->accepted), 1); /* one kept-alive connection */
+	struct http_request once = {.no_reuse = true};
+	for (int i = 0; i < 3; i++) {
+		result_init(&r, f);
+		start_get(f, "/hello", &r, &once);
+		run_until(f->loop, &r.done);
+		assert_int_equal(r.status, 200);
+		result_free(&r);
+	}
+	/* The kept connection served the first; each later one was new and closed. */
+	assert_int_equal(atomic_load(&f->srv->accepted), 3);
+	run_until_atomic(f->loop, &f->srv->accepted, 3);
+	for (int i = 0; i < 100 && atomic_load(&f->srv->open_conns) > 0; i++)
+		run_for(f->loop, 0.01);
+	assert_int_equal(atomic_load(&f->srv->open_conns), 0);
+
+	/* 20 at once need 20 connections; afterwards at most the cap stays open. */
+	enum { N = 20 };
+	f->srv->barrier_target = N;
+	struct result rs[N];
+	int finished = 0;
+	for (int i = 0; i < N; i++) {
+		result_init(&rs[i], f);
+		start_get(f, "/barrier", &rs[i], NULL);
+	}
+	while (finished < N) {
+		ev_run(f->loop, EVRUN_ONCE);
+		finished = 0;
+		for (int i = 0; i < N; i++)
+			finished += rs[i].done;
+	}
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(rs[i].status, 200);
+		result_free(&rs[i]);
+	}
+	assert_int_equal(atomic_load(&f->srv->accepted), 3 + N);
+	for (int i = 0; i < 100 && atomic_load(&f->srv->open_conns) > HTTP_IDLE_CONNECTIONS_MAX; i++)
+		run_for(f->loop, 0.01);
+	assert_int_equal(atomic_load(&f->srv->open_conns), HTTP_IDLE_CONNECTIONS_MAX);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -1425,6 +1657,12 @@ int main(void)
 		T(test_tls_to_plain_server),
 		T(test_many_concurrent),
 		T(test_bad_requests_rejected),
+		T(test_pause_inside_on_data),
+		T(test_pause_before_any_data),
+		T(test_pause_resume_many_times),
+		T(test_cancel_while_paused),
+		T(test_recv_buffer),
+		T(test_connection_reuse_and_idle_cap),
 		cmocka_unit_test(test_url_encode),
 		cmocka_unit_test(test_default_should_retry),
 	};

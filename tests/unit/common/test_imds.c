@@ -1,0 +1,294 @@
+/*
+ * imds: IMDSv2 against tests/fakes/imds.py started as a subprocess: the token
+ * PUT before the first GET and its reuse after, a revoked token replaced once,
+ * statuses handed through, retries, IMDS down, one request at a time,
+ * cancellation, and where the endpoint comes from.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <curl/curl.h>
+#include <ev.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "http_client.h"
+#include "imds.h"
+#include "json.h"
+#include "log.h"
+
+struct fx {
+	struct ev_loop *loop;
+	struct http_client *http;
+	pid_t pid;
+	int to_fake, from_fake;
+	char base[64];
+	struct backoff_policy fast;
+};
+
+static struct fx F;
+
+static void fake_start(void)
+{
+	const char *top = getenv("SLIPWAY_TOP");
+	char script[1024];
+	snprintf(script, sizeof script, "%s/tests/fakes/imds.py", top && *top ? top : ".");
+	int in[2], out[2];
+	assert_int_equal(pipe2(in, O_CLOEXEC), 0);
+	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+	F.pid = fork();
+	assert_true(F.pid >= 0);
+	if (F.pid == 0) {
+		dup2(in[0], 0);
+		dup2(out[1], 1);
+		execlp("python3", "python3", script, "--instance-id", "i-0feedc0ffee123456",
+		       (char *)NULL);
+		_exit(127);
+	}
+	close(in[0]);
+	close(out[1]);
+	F.to_fake = in[1];
+	F.from_fake = out[0];
+	char line[32] = {0};
+	size_t got = 0;
+	while (got < sizeof line - 1 && !strchr(line, '\n')) {
+		struct pollfd pfd = {.fd = out[0], .events = POLLIN};
+		if (poll(&pfd, 1, 20000) <= 0)
+			fail_msg("fake IMDS (%s) did not print its port", script);
+		ssize_t n = read(out[0], line + got, sizeof line - 1 - got);
+		if (n <= 0)
+			fail_msg("fake IMDS (%s) exited before printing its port", script);
+		got += (size_t)n;
+	}
+	snprintf(F.base, sizeof F.base, "http://127.0.0.1:%d", atoi(line));
+}
+
+static void fake_stop(void)
+{
+	if (F.pid <= 0)
+		return;
+	close(F.to_fake);
+	kill(F.pid, SIGTERM);
+	waitpid(F.pid, NULL, 0);
+	close(F.from_fake);
+	F.pid = 0;
+}
+
+static size_t sink(char *data, size_t size, size_t n, void *arg)
+{
+	buf_append(arg, data, size * n);
+	return size * n;
+}
+
+/* A blocking control request; returns the parsed answer (GET) or NULL. */
+static cJSON *control(const char *body)
+{
+	CURL *c = curl_easy_init();
+	char url[128];
+	snprintf(url, sizeof url, "%s/_control", F.base);
+	struct buf out;
+	buf_init(&out, 1 << 20);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
+	struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+	if (body)
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+	assert_int_equal(curl_easy_perform(c), CURLE_OK);
+	curl_slist_free_all(h);
+	curl_easy_cleanup(c);
+	cJSON *doc = body ? NULL : json_parse(out.data, out.len, 1 << 20, NULL);
+	buf_free(&out);
+	return doc;
+}
+
+static int64_t count(const char *name)
+{
+	cJSON *doc = control(NULL);
+	assert_non_null(doc);
+	const cJSON *v = cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "counts"), name);
+	int64_t n = cJSON_IsNumber(v) ? (int64_t)v->valuedouble : -1;
+	cJSON_Delete(doc);
+	return n;
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	memset(&F, 0, sizeof F);
+	unsetenv("AWS_EC2_METADATA_SERVICE_ENDPOINT");
+	unsetenv("AWS_EC2_METADATA_DISABLED");
+	log_init("test", LOG_LEVEL_ERROR, 0);
+	F.loop = ev_loop_new(EVFLAG_AUTO);
+	F.http = http_client_new(F.loop);
+	F.fast = (struct backoff_policy){10, 50, 3};
+	fake_start();
+	return F.loop && F.http ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	fake_stop();
+	http_client_free(F.http);
+	ev_loop_destroy(F.loop);
+	unsetenv("AWS_EC2_METADATA_SERVICE_ENDPOINT");
+	unsetenv("AWS_EC2_METADATA_DISABLED");
+	return 0;
+}
+
+struct got {
+	int done;
+	long status;
+	char error[256];
+	char body[256];
+	int has_error;
+};
+
+static void on_done(const struct imds_result *r, void *arg)
+{
+	struct got *g = arg;
+	g->done++;
+	g->has_error = r->error != NULL;
+	snprintf(g->error, sizeof g->error, "%s", r->error ? r->error : "");
+	snprintf(g->body, sizeof g->body, "%s", r->body);
+	g->status = r->status;
+}
+
+static void get_wait(struct imds *m, const char *path, struct got *g)
+{
+	memset(g, 0, sizeof *g);
+	assert_int_equal(imds_get(m, path, on_done, g), 0);
+	assert_int_equal(g->done, 0); /* never inside imds_get */
+	for (int i = 0; i < 100000 && !g->done; i++)
+		ev_run(F.loop, EVRUN_ONCE);
+	assert_int_equal(g->done, 1);
+}
+
+static struct imds *client(void)
+{
+	struct imds_opts o = {.endpoint = F.base, .timeout_ms = 5000, .retry = &F.fast};
+	struct imds *m = imds_new(F.http, &o, NULL);
+	assert_non_null(m);
+	return m;
+}
+
+static void test_instance_id_and_token_reuse(void **state)
+{
+	(void)state;
+	struct imds *m = client();
+	struct got g;
+	get_wait(m, "/latest/meta-data/instance-id", &g);
+	assert_false(g.has_error);
+	assert_int_equal(g.status, 200);
+	assert_string_equal(g.body, "i-0feedc0ffee123456");
+	assert_int_equal(count("token"), 1);
+	/* The token is kept for the next GET. */
+	get_wait(m, "/latest/meta-data/placement/region", &g);
+	assert_int_equal(g.status, 200);
+	assert_int_equal(count("token"), 1);
+	/* Revoked (the instance restarted, say): one new token, the GET again. */
+	control("{\"revoke_tokens\":true}");
+	get_wait(m, "/latest/meta-data/instance-id", &g);
+	assert_int_equal(g.status, 200);
+	assert_string_equal(g.body, "i-0feedc0ffee123456");
+	assert_int_equal(count("token"), 2);
+	assert_int_equal(count("unauthorized"), 1);
+	/* Statuses other than 401 are the caller's to judge. */
+	get_wait(m, "/latest/meta-data/no-such-thing", &g);
+	assert_false(g.has_error);
+	assert_int_equal(g.status, 404);
+	imds_free(m);
+}
+
+static void test_retries_and_down(void **state)
+{
+	(void)state;
+	struct imds *m = client();
+	struct got g;
+	control("{\"fail_next\":2}");
+	get_wait(m, "/latest/meta-data/instance-id", &g);
+	assert_int_equal(g.status, 200);
+	assert_int_equal(count("failed"), 2);
+	control("{\"fail_next\":100}");
+	get_wait(m, "/latest/meta-data/instance-id", &g);
+	assert_false(g.has_error); /* an answer, if a bad one */
+	assert_int_equal(g.status, 500);
+	imds_free(m);
+
+	/* A fresh client must get a token first: with IMDS gone, that fails. */
+	m = client();
+	fake_stop();
+	get_wait(m, "/latest/meta-data/instance-id", &g);
+	assert_true(g.has_error);
+	assert_non_null(strstr(g.error, "session token: "));
+	assert_non_null(strstr(g.error, "connect"));
+	imds_free(m);
+}
+
+static void test_one_at_a_time_and_cancel(void **state)
+{
+	(void)state;
+	struct imds *m = client();
+	struct got g = {0}, g2 = {0};
+	assert_int_equal(imds_get(m, "/latest/meta-data/instance-id", on_done, &g), 0);
+	assert_int_equal(imds_get(m, "/latest/meta-data/instance-id", on_done, &g2), -1);
+	imds_cancel(m);
+	for (int i = 0; i < 50; i++)
+		ev_run(F.loop, EVRUN_NOWAIT);
+	assert_int_equal(g.done, 0);
+	get_wait(m, "/latest/meta-data/instance-id", &g);
+	assert_int_equal(g.status, 200);
+	assert_int_equal(imds_get(m, "no-slash", on_done, &g), -1);
+	/* Freed in flight: no callback. */
+	memset(&g, 0, sizeof g);
+	assert_int_equal(imds_get(m, "/latest/meta-data/instance-id", on_done, &g), 0);
+	imds_free(m);
+	for (int i = 0; i < 50; i++)
+		ev_run(F.loop, EVRUN_NOWAIT);
+	assert_int_equal(g.done, 0);
+}
+
+static void test_endpoint(void **state)
+{
+	(void)state;
+	struct imds *m = imds_new(F.http, NULL, NULL);
+	assert_string_equal(imds_endpoint(m), "http://169.254.169.254");
+	imds_free(m);
+	setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", F.base, 1);
+	m = imds_new(F.http, NULL, NULL);
+	assert_string_equal(imds_endpoint(m), F.base);
+	struct got g;
+	get_wait(m, "/latest/meta-data/instance-id", &g);
+	assert_string_equal(g.body, "i-0feedc0ffee123456");
+	imds_free(m);
+	struct err err;
+	assert_null(imds_new(F.http, &(struct imds_opts){.endpoint = "169.254.169.254"}, &err));
+	assert_non_null(strstr(err.msg, "not an http(s) URL"));
+	assert_false(imds_disabled());
+	setenv("AWS_EC2_METADATA_DISABLED", "TRUE", 1);
+	assert_true(imds_disabled());
+}
+
+int main(void)
+{
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+	const struct CMUnitTest tests[] = {
+		T(test_instance_id_and_token_reuse),
+		T(test_retries_and_down),
+		T(test_one_at_a_time_and_cancel),
+		T(test_endpoint),
+	};
+	return cmocka_run_group_tests_name("imds", tests, NULL, NULL);
+}
