@@ -10,14 +10,14 @@ SAN      ?=
 CFLAGS   += $(CSTD) $(OPT) $(WARN) $(SAN)
 LDFLAGS  += $(SAN)
 
-LIBS_BASE  = -lev -lcurl -lcjson -lmbedtls -lmbedx509 -lmbedcrypto -lz -lhttp_parser -lpthread -lm
+LIBS_BASE  = -lev -lcurl -lcjson -lmbedtls -lmbedx509 -lmbedcrypto -lz -lhttp_parser -lexpat -lpthread -lm
 LIBS_COORD = -lsqlite3 -lyaml -larchive
 LIBS_TEST  = -lcmocka
 
 # Debian packages the build, the tests and the demo need (`make deps`).
 DEB_PACKAGES = build-essential pkg-config clang git python3 ca-certificates curl \
 	libev-dev libcurl4-openssl-dev libcjson-dev libmbedtls-dev zlib1g-dev \
-	libhttp-parser-dev libsqlite3-dev libyaml-dev libarchive-dev libcmocka-dev \
+	libhttp-parser-dev libexpat1-dev libsqlite3-dev libyaml-dev libarchive-dev libcmocka-dev \
 	docker.io docker-registry busybox-static musl-tools openssh-server openssh-client \
 	wrk haproxy iproute2 procps cloud-init packer
 

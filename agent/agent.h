@@ -25,7 +25,9 @@ struct proxy_client;
 struct worker_pool;
 struct journal;
 struct deployer;
+struct runjobs;
 struct coord_client;
+struct agent_sqs;
 struct inventory;
 struct swap_resync;
 struct swap;
@@ -34,6 +36,8 @@ struct cwlogs;
 struct logdest;
 struct logship;
 struct metrics;
+struct registryauth;
+struct awsmode;
 
 #define AGENT_VERSION "0.1.0"
 #define AGENT_LABELS_MAX 16
@@ -81,11 +85,14 @@ struct agent {
 	struct agent_settings set;
 	struct http_client *http;        /* coordinator, Docker, proxy control, health */
 	struct docker *docker;
+	struct registryauth *registryauth; /* pulls: ECR logins (agent/registryauth.h) */
 	struct proxy_client *proxy;
 	struct worker_pool *workers;     /* blocking odds and ends: identity file, statvfs */
 	struct journal *journal;
 	struct deployer *deployer;
+	struct runjobs *runjobs;         /* job type run: one-off containers (runjob.h) */
 	struct coord_client *coord;
+	struct agent_sqs *sqs;           /* jobs from SQS when registration names a queue */
 	struct inventory *inventory;
 	/* logs and health data (agent/logship.h, agent/metrics.h); logship is NULL
 	 * when logs.enabled is false, aws and cwlogs without cloudwatch.region */
@@ -94,6 +101,9 @@ struct agent {
 	struct logdest *logdest;
 	struct logship *logship;
 	struct metrics *metrics;
+	/* AWS mode (agent/awsmode.h): identity proofs, metadata block, scale-in;
+	 * NULL when none of them is on */
+	struct awsmode *awsmode;
 	struct agent_hooks hooks;
 	struct swap_resync *resyncs;     /* swap.c: route resyncs in flight */
 	bool net_creating;               /* swap.c: one swap creates the network ... */

@@ -44,6 +44,8 @@ struct creq {
 	ev_timer timer;              /* retry delay */
 	int failures;
 	bool parked;                 /* waits for a registration */
+	bool proving;                /* registration: the prover's answer is awaited */
+	bool proof_ready;            /* registration: the body carries a fresh proof */
 	bool await_probe;            /* a job-scoped 404: a heartbeat decides */
 	deployer_reply_fn reply;
 	coord_desired_fn desired;
@@ -69,6 +71,10 @@ struct coord_client {
 	char auth_header[TOKEN_MAX + 32];
 	int64_t heartbeat_s, lost_after_s, lease_s, poll_wait_s;
 	bool registered;
+	/* queue.backend = sqs: the registration named the agent's SQS queue, and
+	 * jobs come from there (agent/sqsqueue.h) instead of the long poll */
+	char queue_url[1024];
+	char queue_region[64];
 	bool started;
 	int64_t started_mono;
 	bool draining;
@@ -117,6 +123,8 @@ static void free_req(struct creq *r)
 	struct coord_client *cc = r->cc;
 	if (r->http_id)
 		http_client_cancel(cc->http, r->http_id);
+	if (r->proving && cc->cb.prover.cancel)
+		cc->cb.prover.cancel(cc->cb.prover.ctx, r);
 	ev_timer_stop(cc->loop, &r->timer);
 	DLIST_UNLINK(cc->reqs, r);
 	if (cc->registering == r)
@@ -385,6 +393,24 @@ static void on_http_done(const struct http_response *resp, void *arg)
 	handle_final(r, resp, code, msg);
 }
 
+/* The prover's answer: the registration body gets the proof, then goes. */
+static void on_proof(void *arg, const cJSON *proof, const char *error)
+{
+	struct creq *r = arg;
+	r->proving = false;
+	cJSON *body = r->body ? cJSON_Parse(r->body) : NULL;
+	if (!proof || !body) {
+		cJSON_Delete(body);
+		retry_later(r, -1, proof ? "out of memory" : error ? error : "no identity proof");
+		return;
+	}
+	cJSON_DeleteItemFromObjectCaseSensitive(body, "aws_identity");
+	cJSON_AddItemToObject(body, "aws_identity", cJSON_Duplicate(proof, 1));
+	set_body(r, body);
+	r->proof_ready = true;
+	send_req(r);
+}
+
 static void send_req(struct creq *r)
 {
 	struct coord_client *cc = r->cc;
@@ -393,6 +419,14 @@ static void send_req(struct creq *r)
 		return;
 	}
 	r->parked = false;
+	bool prover = r->kind == K_REGISTER && cc->cb.prover.prove;
+	if (prover && !r->proof_ready) {
+		/* A fresh proof for every attempt: the coordinator takes each once. */
+		r->proving = true;
+		cc->cb.prover.prove(cc->cb.prover.ctx, on_proof, r);
+		return;
+	}
+	r->proof_ready = false;
 	struct buf url;
 	buf_init(&url, 4096);
 	if (r->kind == K_REGISTER)
@@ -410,7 +444,7 @@ static void send_req(struct creq *r)
 	}
 	const char *auth = r->kind == K_REGISTER ? NULL : cc->auth_header;
 	char boot[TOKEN_MAX + 32];
-	if (r->kind == K_REGISTER) {
+	if (r->kind == K_REGISTER && !prover) {
 		snprintf(boot, sizeof boot, "Authorization: Bearer %s", cc->bootstrap);
 		auth = boot;
 	}
@@ -477,6 +511,10 @@ static void save_identity(struct coord_client *cc)
 	cJSON_AddNumberToObject(o, "heartbeat_interval_s", (double)cc->heartbeat_s);
 	cJSON_AddNumberToObject(o, "lease_s", (double)cc->lease_s);
 	cJSON_AddNumberToObject(o, "poll_wait_s", (double)cc->poll_wait_s);
+	if (cc->queue_url[0]) {
+		cJSON_AddStringToObject(o, "queue_url", cc->queue_url);
+		cJSON_AddStringToObject(o, "queue_region", cc->queue_region);
+	}
 	struct identity_write *w = calloc(1, sizeof *w);
 	if (w) {
 		snprintf(w->path, sizeof w->path, "%s", cc->identity_path);
@@ -515,7 +553,7 @@ static void handle_register(struct creq *r, const struct http_response *resp)
 {
 	struct coord_client *cc = r->cc;
 	struct err err;
-	const char *agent_id, *token;
+	const char *agent_id, *token, *qurl, *qregion;
 	int64_t hb, lost, lease, wait;
 	cJSON *doc = json_parse(resp->body, resp->body_len, HTTP_DEFAULT_MAX_BODY, &err);
 	if (!doc || json_get_string(doc, NULL, "agent_id", SPEC_ID_MAX, &agent_id, &err) < 0 ||
@@ -524,6 +562,10 @@ static void handle_register(struct creq *r, const struct http_response *resp)
 	    json_get_int_opt(doc, NULL, "lost_after_s", 1, 86400, 45, &lost, &err) < 0 ||
 	    json_get_int_opt(doc, NULL, "lease_s", 1, 86400, 60, &lease, &err) < 0 ||
 	    json_get_int_opt(doc, NULL, "poll_wait_s", 1, 30, 30, &wait, &err) < 0 ||
+	    json_get_string_opt(doc, NULL, "queue_url", sizeof cc->queue_url - 1, "", &qurl,
+				&err) < 0 ||
+	    json_get_string_opt(doc, NULL, "queue_region", sizeof cc->queue_region - 1, "",
+				&qregion, &err) < 0 ||
 	    !spec_valid_id(agent_id) || !token[0]) {
 		cJSON_Delete(doc);
 		retry_later(r, -1, "registration answer is malformed");
@@ -535,16 +577,22 @@ static void handle_register(struct creq *r, const struct http_response *resp)
 	cc->lost_after_s = lost;
 	cc->lease_s = lease;
 	cc->poll_wait_s = cc->poll_wait_override_s ? cc->poll_wait_override_s : wait;
+	snprintf(cc->queue_url, sizeof cc->queue_url, "%s", qurl);
+	snprintf(cc->queue_region, sizeof cc->queue_region, "%s", qregion);
 	cJSON_Delete(doc);
 	cc->registered = true;
 	free_req(r);
+	if (cc->queue_url[0] && cc->poll)
+		free_req(cc->poll); /* jobs come from SQS now */
 	log_info("coord.registered", "agent_id=%s heartbeat_s=%lld lease_s=%lld poll_wait_s=%lld",
 		 cc->agent_id, (long long)hb, (long long)lease, (long long)cc->poll_wait_s);
 	save_identity(cc);
 	start_heartbeats(cc);
 	resend_parked(cc);
-	if (cc->started && !cc->poll)
+	if (cc->started && !cc->poll && !cc->queue_url[0])
 		start_poll(cc);
+	if (cc->cb.on_queue)
+		cc->cb.on_queue(cc->queue_url, cc->queue_region, cc->cb.arg);
 	if (cc->cb.on_registered)
 		cc->cb.on_registered(cc->cb.arg);
 }
@@ -565,6 +613,7 @@ static void ensure_register(struct coord_client *cc)
 	cJSON_AddNumberToObject(b, "protocol", COORD_PROTOCOL);
 	cJSON *caps = cJSON_AddArrayToObject(b, "capabilities");
 	cJSON_AddItemToArray(caps, cJSON_CreateString("deploy"));
+	cJSON_AddItemToArray(caps, cJSON_CreateString("run")); /* one-off jobs: runjob.h */
 	set_body(r, b);
 	cc->registering = r;
 	log_info("coord.register", "instance_id=%s fleet=%s url=%s", cc->instance_id, cc->fleet,
@@ -603,6 +652,13 @@ static int load_identity(struct coord_client *cc)
 			cc->heartbeat_s = hb;
 			cc->lease_s = lease;
 			cc->poll_wait_s = cc->poll_wait_override_s ? cc->poll_wait_override_s : wait;
+			const cJSON *qu = cJSON_GetObjectItemCaseSensitive(doc, "queue_url");
+			const cJSON *qr = cJSON_GetObjectItemCaseSensitive(doc, "queue_region");
+			if (cJSON_IsString(qu) && strlen(qu->valuestring) < sizeof cc->queue_url)
+				snprintf(cc->queue_url, sizeof cc->queue_url, "%s", qu->valuestring);
+			if (cJSON_IsString(qr) && strlen(qr->valuestring) < sizeof cc->queue_region)
+				snprintf(cc->queue_region, sizeof cc->queue_region, "%s",
+					 qr->valuestring);
 			cc->registered = true;
 			rc = 0;
 		}
@@ -686,9 +742,10 @@ static char *dup_opt(const char *s, const char *def)
 
 struct coord_client *coord_client_new(const struct coord_client_opts *o, struct err *err)
 {
-	if (!o->loop || !o->http || !o->url || !o->bootstrap_token || !o->state_dir) {
-		err_set(err, "coordinator client: loop, http, url, bootstrap token and state "
-			"directory are required");
+	if (!o->loop || !o->http || !o->url || (!o->bootstrap_token && !o->prover.prove) ||
+	    !o->state_dir) {
+		err_set(err, "coordinator client: loop, http, url, bootstrap token (or a prover) "
+			"and state directory are required");
 		return NULL;
 	}
 	struct coord_client *cc = calloc(1, sizeof *cc);
@@ -705,7 +762,7 @@ struct coord_client *coord_client_new(const struct coord_client_opts *o, struct 
 		ul--;
 	cc->url = strndup(o->url, ul);
 	cc->ca_file = o->ca_file ? strdup(o->ca_file) : NULL;
-	cc->bootstrap = strdup(o->bootstrap_token);
+	cc->bootstrap = strdup(o->bootstrap_token ? o->bootstrap_token : "");
 	cc->instance_id = dup_opt(o->instance_id, "unknown");
 	cc->hostname = dup_opt(o->hostname, "unknown");
 	cc->fleet = dup_opt(o->fleet, "default");
@@ -730,7 +787,8 @@ struct coord_client *coord_client_new(const struct coord_client_opts *o, struct 
 		err_set(err, "coordinator client: out of memory or state path too long");
 		return NULL;
 	}
-	log_redact_add(cc->bootstrap);
+	if (cc->bootstrap[0])
+		log_redact_add(cc->bootstrap);
 	bool loopback = strncmp(cc->url, "http://127.", 11) == 0 ||
 			strncmp(cc->url, "http://localhost", 16) == 0 ||
 			strncmp(cc->url, "http://[::1]", 12) == 0;
@@ -749,7 +807,10 @@ void coord_client_start(struct coord_client *cc)
 	cc->started = true;
 	if (cc->registered) {
 		start_heartbeats(cc);
-		start_poll(cc);
+		if (!cc->queue_url[0])
+			start_poll(cc);
+		else if (cc->cb.on_queue)
+			cc->cb.on_queue(cc->queue_url, cc->queue_region, cc->cb.arg);
 		/* Tell the coordinator at once that this agent is alive again. */
 		ev_feed_event(cc->loop, &cc->hb_timer, EV_TIMER);
 	} else {
@@ -798,6 +859,8 @@ void coord_client_ack(void *ctx, const struct deployer_ack *a, deployer_reply_fn
 	if (a->output_tail && *a->output_tail)
 		cJSON_AddStringToObject(b, "output_tail", a->output_tail);
 	cJSON_AddNumberToObject(b, "duration_ms", (double)a->duration_ms);
+	if (a->has_exit_code)
+		cJSON_AddNumberToObject(b, "exit_code", (double)a->exit_code);
 	set_body(r, b);
 	r->reply = done;
 	r->arg = arg;
@@ -871,7 +934,11 @@ void coord_client_get_desired(struct coord_client *cc, coord_desired_fn done, vo
 
 void coord_client_set_draining(struct coord_client *cc, bool draining)
 {
+	bool changed = cc->draining != draining;
 	cc->draining = draining;
+	/* The coordinator hears it now, not at the next interval. */
+	if (changed && cc->started && cc->registered && !cc->heartbeat)
+		ev_feed_event(cc->loop, &cc->hb_timer, EV_TIMER);
 }
 
 const char *coord_client_agent_id(const struct coord_client *cc)
@@ -892,4 +959,11 @@ void coord_client_identity(void *ctx, const char **agent_id, const char **token)
 }
 
 int64_t coord_client_lease_s(const struct coord_client *cc) { return cc->lease_s; }
+const char *coord_client_queue_url(const struct coord_client *cc) { return cc->queue_url; }
+
+void coord_client_register_again(struct coord_client *cc)
+{
+	if (cc->started)
+		ensure_register(cc);
+}
 bool coord_client_registered(const struct coord_client *cc) { return cc->registered; }

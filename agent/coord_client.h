@@ -46,13 +46,28 @@ struct coord_client;
 #define COORD_PROTOCOL 1
 #define COORD_IDENTITY_FILE "identity.json"
 
+/* Registration with a proof of identity instead of the bootstrap token
+ * (coordinator.aws_identity, agent/awsmode.h). Before each registration
+ * attempt the client asks prove(ctx, ready, arg); the prover answers
+ * ready(arg, proof, error) once, later, never from inside prove (proof: the
+ * "aws_identity" object, borrowed for the call; NULL with error when none
+ * could be made: the attempt is retried with backoff). cancel(ctx, arg)
+ * withdraws an ask whose answer has not come (the client is going away). */
+typedef void (*coord_proof_fn)(void *arg, const cJSON *proof, const char *error);
+struct coord_prover {
+	void (*prove)(void *ctx, coord_proof_fn ready, void *arg);
+	void (*cancel)(void *ctx, void *arg);
+	void *ctx;
+};
+
 struct coord_client_opts {
 	struct ev_loop *loop;
 	struct http_client *http;
 	struct worker_pool *workers;        /* writes the identity file */
 	const char *url;                    /* coordinator base URL */
 	const char *ca_file;                /* NULL: system bundle */
-	const char *bootstrap_token;
+	const char *bootstrap_token;        /* NULL only with a prover */
+	struct coord_prover prover;         /* prove NULL: the bootstrap token registers */
 	const char *state_dir;
 	const char *instance_id;
 	const char *hostname;
@@ -67,6 +82,10 @@ struct coord_client_opts {
 	cJSON *(*heartbeat_apps)(void *arg);
 	/* After each successful registration (first or again). */
 	void (*on_registered)(void *arg);
+	/* The queue backend, after each registration and at start with a kept
+	 * identity: url "" means the coordinator's long poll; otherwise jobs
+	 * come from that SQS queue (agent/sqsqueue.h) and nothing polls here. */
+	void (*on_queue)(const char *url, const char *region, void *arg);
 	void *arg;
 };
 
@@ -103,6 +122,9 @@ void coord_client_identity(void *cc, const char **agent_id, const char **token);
 /* Status for logs and tests. */
 const char *coord_client_agent_id(const struct coord_client *cc); /* "" before registration */
 int64_t coord_client_lease_s(const struct coord_client *cc);
+const char *coord_client_queue_url(const struct coord_client *cc); /* "": the long poll */
+/* Registers again now (the agent's SQS queue is gone: registering makes it anew). */
+void coord_client_register_again(struct coord_client *cc);
 bool coord_client_registered(const struct coord_client *cc);
 
 #endif

@@ -71,6 +71,8 @@ struct deployer_ack {
 	const char *reason;         /* "" when none */
 	const char *output_tail;    /* "" when none */
 	int64_t duration_ms;
+	bool has_exit_code;         /* run jobs (runjob.h): exit_code is sent */
+	int64_t exit_code;
 };
 
 /* The coordinator side. ack retries on its own until the coordinator answers

@@ -30,6 +30,7 @@
 
 #include "agent.h"
 #include "aws_credentials.h"
+#include "awsmode.h"
 #include "clock.h"
 #include "config.h"
 #include "coord_client.h"
@@ -47,10 +48,13 @@
 #include "logship.h"
 #include "metrics.h"
 #include "proxy_client.h"
+#include "registryauth.h"
 #include "proxy_main.h"
+#include "runjob.h"
 #include "sdnotify.h"
 #include "settings.h"
 #include "spec.h"
+#include "sqsqueue.h"
 #include "swap.h"
 #include "worker.h"
 
@@ -167,6 +171,8 @@ static int check_config(const char *config_path)
 		return 1;
 	a.cfg = cfg;
 	int rc = load_settings(&a, &err);
+	if (rc == 0)
+		rc = awsmode_check(cfg, &err);
 	if (rc < 0)
 		printf("%s\n", err.msg);
 	config_free(cfg);
@@ -192,8 +198,37 @@ static void on_jobs(const cJSON *jobs, void *arg)
 {
 	struct agent *a = arg;
 	const cJSON *it;
-	cJSON_ArrayForEach(it, jobs)
-		deployer_offer(a->deployer, it);
+	cJSON_ArrayForEach(it, jobs) {
+		if (runjob_is_run(it)) /* one-off containers: not generations (runjob.h) */
+			runjob_offer(a->runjobs, it);
+		else
+			deployer_offer(a->deployer, it);
+	}
+}
+
+/* ---- the SQS queue backend (agent/sqsqueue.h) ---- */
+
+static void on_sqs_job(const cJSON *job, void *arg)
+{
+	struct agent *a = arg;
+	if (runjob_is_run(job)) /* as on_jobs does */
+		runjob_offer(a->runjobs, job);
+	else
+		deployer_offer(a->deployer, job);
+}
+
+static void on_sqs_queue_gone(void *arg)
+{
+	struct agent *a = arg;
+	coord_client_register_again(a->coord);
+}
+
+static void on_queue(const char *url, const char *region, void *arg)
+{
+	struct agent *a = arg;
+	struct err err = {{0}};
+	if (*url && agent_sqs_set_queue(a->sqs, url, region, a->aws, &err) < 0)
+		log_error("agent.sqs", "error=\"%s\" (jobs wait in the queue)", err.msg);
 }
 
 static cJSON *heartbeat_apps(void *arg)
@@ -265,6 +300,13 @@ static void hook_container_started(const struct agent_container *c, void *arg)
 {
 	struct agent *a = arg;
 	logship_follow(a->logship, c->id);
+	awsmode_container_started(a->awsmode, c->id);
+}
+
+static void hook_container_stopped(const struct agent_container *c, void *arg)
+{
+	struct agent *a = arg;
+	awsmode_container_stopped(a->awsmode, c->id);
 }
 
 static const int retention_days[] = {1,   3,   5,   7,    14,   30,   60,   90,   120,  150, 180,
@@ -298,7 +340,8 @@ static int start_logs(struct agent *a, const char *instance_id, struct err *err)
 			.retry_cap_ms = config_ms(c, "logs.retry_cap"),
 			.retention_days = retention,
 		};
-		if (!(a->aws = aws_credentials_new(a->loop, a->http, &ao, err)) ||
+		/* a->aws: made already when AWS mode needs credentials too (agent/awsmode.h) */
+		if ((!a->aws && !(a->aws = aws_credentials_new(a->loop, a->http, &ao, err))) ||
 		    !(a->cwlogs = cwlogs_new(a->loop, a->http, a->aws, &cwo, err)))
 			return -1;
 		a->logdest = logdest_cloudwatch(a->cwlogs);
@@ -377,12 +420,10 @@ static void stop_logs(struct agent *a)
 	logship_free(a->logship);
 	logdest_free(a->logdest);
 	cwlogs_free(a->cwlogs);
-	aws_credentials_free(a->aws);
 	a->metrics = NULL;
 	a->logship = NULL;
 	a->logdest = NULL;
 	a->cwlogs = NULL;
-	a->aws = NULL;
 	memset(&a->hooks, 0, sizeof a->hooks);
 }
 
@@ -507,11 +548,13 @@ static int ensure_proxy(struct agent *a, void (*ready)(struct agent *a))
 static void start_rest(struct agent *a)
 {
 	deployer_start(a->deployer);
+	runjob_start(a->runjobs);
 	coord_client_start(a->coord);
 	if (a->logship)
 		logship_start(a->logship);
 	metrics_start(a->metrics);
 	inventory_start(a->inventory);
+	awsmode_start(a->awsmode); /* the metadata block, the scale-in watcher */
 	/* systemd (Type=notify): serving, once the proxy answered or the wait for it ended */
 	sdnotify_ready(proxy_answered ? "running; the proxy answers"
 				      : "running; no proxy answers on the control socket yet");
@@ -654,6 +697,10 @@ static int run_agent(const char *config_path)
 		log_error("agent.start", "error=\"%s\"", err.msg[0] ? err.msg : "out of memory");
 		goto out;
 	}
+	if (awsmode_new(&a, instance_id, strcmp(id_source, "instance metadata") == 0, &err) < 0) {
+		log_error("agent.aws", "error=\"%s\"", err.msg);
+		goto out;
+	}
 	struct coord_client_opts co = {
 		.loop = a.loop,
 		.http = a.http,
@@ -662,6 +709,7 @@ static int run_agent(const char *config_path)
 		.ca_file = config_has(cfg, "coordinator.ca_file") ? config_str(cfg, "coordinator.ca_file")
 								  : NULL,
 		.bootstrap_token = config_str(cfg, "coordinator.bootstrap_token"),
+		.prover = awsmode_prover(a.awsmode),
 		.state_dir = a.set.state_dir,
 		.instance_id = instance_id,
 		.hostname = hostname,
@@ -672,15 +720,32 @@ static int run_agent(const char *config_path)
 		.on_jobs = on_jobs,
 		.heartbeat_apps = heartbeat_apps,
 		.on_registered = on_registered,
+		.on_queue = on_queue,
 		.arg = &a,
 	};
 	if (!(a.coord = coord_client_new(&co, &err))) {
 		log_error("agent.start", "error=\"%s\"", err.msg);
 		goto out;
 	}
+	/* Acks and extends pass through it: with an SQS queue they also delete
+	 * and extend the job's messages. */
+	struct agent_sqs_opts sqo = {
+		.loop = a.loop,
+		.http = a.http,
+		.coord = {.ack = coord_client_ack, .extend = coord_client_extend, .ctx = a.coord},
+		.on_job = on_sqs_job,
+		.on_queue_gone = on_sqs_queue_gone,
+		.arg = &a,
+		.retry_base_ms = config_ms(cfg, "coordinator.retry_base"),
+		.retry_cap_ms = config_ms(cfg, "coordinator.retry_cap"),
+	};
+	if (!(a.sqs = agent_sqs_new(&sqo, &err))) {
+		log_error("agent.start", "error=\"%s\"", err.msg);
+		goto out;
+	}
 	struct deployer_opts dpo = {
 		.loop = a.loop,
-		.coord = {.ack = coord_client_ack, .extend = coord_client_extend, .ctx = a.coord},
+		.coord = {.ack = agent_sqs_ack, .extend = agent_sqs_extend, .ctx = a.sqs},
 		.runner = {.start = runner_start, .proceed = runner_proceed, .cancel = runner_cancel,
 			   .resync = runner_resync, .ctx = &a},
 		.on_swap_end = on_swap_end,
@@ -703,6 +768,15 @@ static int run_agent(const char *config_path)
 		goto out;
 	}
 	deployer_set_journal(a.deployer, a.journal);
+	struct runjob_opts ro = {
+		.a = &a,
+		/* through agent/sqsqueue.h like the deployer's: SQS messages end with the ack */
+		.coord = {.ack = agent_sqs_ack, .extend = agent_sqs_extend, .ctx = a.sqs},
+	};
+	if (!(a.runjobs = runjob_new(&ro, &err))) {
+		log_error("agent.start", "error=\"%s\"", err.msg);
+		goto out;
+	}
 	struct inventory_opts io = {
 		.report = on_inventory,
 		.engine_back = on_engine_back,
@@ -715,6 +789,16 @@ static int run_agent(const char *config_path)
 	}
 	if (start_logs(&a, instance_id, &err) < 0) {
 		log_error("agent.logs", "error=\"%s\"", err.msg);
+		goto out;
+	}
+	/* Containers starting and stopping: the log shipper and the metadata block */
+	a.hooks.container_started = hook_container_started;
+	a.hooks.container_stopped = hook_container_stopped;
+	a.hooks.arg = &a;
+	/* ECR logins for pulls; shares the CloudWatch credentials when there are some */
+	if (!(a.registryauth = registryauth_from_config(cfg, a.loop, a.http, a.docker, a.aws,
+							&err))) {
+		log_error("agent.config", "error=\"%s\"", err.msg);
 		goto out;
 	}
 	log_info("agent.start", "version=%s instance_id=%s (from the %s) state_dir=%s proxy=%s",
@@ -740,12 +824,20 @@ out:
 	}
 	deployer_stop(a.deployer);
 	inventory_free(a.inventory);
+	registryauth_free(a.registryauth); /* after the swaps (their pulls), before a.aws */
+	a.registryauth = NULL;
 	stop_logs(&a);
 	if (a.loop)
 		swap_resync_cancel_all(&a);
 	journal_free(a.journal);
 	coord_client_free(a.coord);
+	agent_sqs_free(a.sqs); /* after the client (acks call back here), before a.aws */
+	awsmode_free(a.awsmode); /* after the client (its proof asks), before proxy and docker */
+	a.awsmode = NULL;
+	aws_credentials_free(a.aws);
+	a.aws = NULL;
 	deployer_free(a.deployer);
+	runjob_free(a.runjobs); /* after the client: its callbacks point there */
 	proxy_client_free(a.proxy);
 	docker_free(a.docker);
 	worker_pool_free(a.workers);

@@ -3,6 +3,7 @@
 #include <stdio.h>
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+static const char *const metadata_modes[] = {"auto", "on", "off", NULL};
 static const char *const crash_steps[] = {"begin", "pull", "create", "start", "health", "switch",
 					  "drain", "stop", "retire", "done", NULL};
 
@@ -14,7 +15,11 @@ const struct config_key agent_settings[] = {
 	{.name = "coordinator.ca_file", .type = CONFIG_PATH, .default_value = NULL,
 	 .help = "CA bundle for the coordinator (default: system bundle)"},
 	{.name = "coordinator.bootstrap_token", .type = CONFIG_SECRET, .default_value = NULL,
-	 .help = "Fleet enrolment secret exchanged for a per-agent token at registration", .required = true},
+	 .help = "Fleet enrolment secret exchanged for a per-agent token at registration "
+		 "(required unless coordinator.aws_identity is true)"},
+	{.name = "coordinator.aws_identity", .type = CONFIG_BOOL, .default_value = "false",
+	 .help = "Register with a presigned sts:GetCallerIdentity made with the instance role's "
+		 "credentials instead of the bootstrap token (agent/awsmode.h)"},
 	{.name = "coordinator.retry_base", .type = CONFIG_DURATION, .default_value = "1s",
 	 .help = "First retry delay for a failed coordinator request (full-jitter backoff)",
 	 .min = 10, .max = 60000},
@@ -129,6 +134,21 @@ const struct config_key agent_settings[] = {
 		 "CloudWatch's values: 1, 3, 5, 7, 14, 30, 60, 90, ...); older events are not sent",
 	 .min = 0, .max = 3653},
 
+	/* Images on Amazon ECR (agent/registryauth.h): images on
+	 * <account>.dkr.ecr.<region>.amazonaws.com are always pulled with a token */
+	{.name = "ecr.registry", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "One more registry host[:port] whose images are pulled with ECR tokens (a "
+		 "registry behind a proxy or VPC endpoint name)", .max = 255},
+	{.name = "ecr.region", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "AWS region the tokens for ecr.registry come from", .max = 64},
+	{.name = "ecr.account", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "AWS account (12 digits) of ecr.registry (default: the instance role's)",
+	 .max = 12},
+	{.name = "ecr.endpoint", .type = CONFIG_URL, .default_value = NULL,
+	 .help = "ECR API endpoint (default: https://api.ecr.<region>.amazonaws.com)"},
+	{.name = "ecr.ca_file", .type = CONFIG_PATH, .default_value = NULL,
+	 .help = "CA bundle for the ECR endpoint (default: system bundle)"},
+
 	/* Health metrics (agent/metrics.h) */
 	{.name = "metrics.enabled", .type = CONFIG_BOOL, .default_value = "true",
 	 .help = "Collect health data and ship it (EMF through the logs with CloudWatch, else to "
@@ -144,6 +164,63 @@ const struct config_key agent_settings[] = {
 	 .help = "Dimensions of the metrics, a subset of App, Service and InstanceId", .max = 128},
 	{.name = "metrics.docker_root", .type = CONFIG_PATH, .default_value = "/var/lib/docker",
 	 .help = "Docker's root directory, whose file system's use is reported"},
+
+	/* AWS (agent/awsmode.h): identity proofs, Auto Scaling */
+	{.name = "aws.region", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "Region of STS and Auto Scaling (default: cloudwatch.region, else the instance's "
+		 "region from the instance metadata)", .max = 64},
+	{.name = "aws.sts_endpoint", .type = CONFIG_URL, .default_value = NULL,
+	 .help = "STS endpoint the identity proof is presigned for; must be the coordinator's "
+		 "agents.sts_endpoint (default: https://sts.<region>.amazonaws.com)"},
+	{.name = "aws.server_id", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "Coordinator name signed into the identity proof; must be the coordinator's "
+		 "agents.aws_server_id (default: host[:port] of coordinator.url)", .max = 255},
+	{.name = "aws.autoscaling_endpoint", .type = CONFIG_URL, .default_value = NULL,
+	 .help = "Auto Scaling endpoint (default: https://autoscaling.<region>.amazonaws.com)"},
+	{.name = "aws.ca_file", .type = CONFIG_PATH, .default_value = NULL,
+	 .help = "CA bundle for the STS and Auto Scaling endpoints (default: system bundle)"},
+
+	/* Instance metadata block (agent/imdsblock.h) */
+	{.name = "metadata.block", .type = CONFIG_ENUM, .default_value = "auto",
+	 .help = "Keep app containers off the instance metadata service with an iptables rule "
+		 "(services with metadata_access: true excepted); auto: on EC2 (the instance id "
+		 "came from the instance metadata, or coordinator.aws_identity or lifecycle.enabled "
+		 "is on)", .choices = metadata_modes},
+	{.name = "metadata.address", .type = CONFIG_STRING, .default_value = "169.254.169.254",
+	 .help = "Address of the instance metadata service the rule blocks", .max = 15},
+	{.name = "metadata.iptables", .type = CONFIG_STRING, .default_value = "iptables",
+	 .help = "iptables command (from PATH unless a path) that edits the DOCKER-USER chain",
+	 .max = 256},
+
+	/* Scale-in (agent/lifecycle.h) */
+	{.name = "lifecycle.enabled", .type = CONFIG_BOOL, .default_value = "false",
+	 .help = "Watch for the Auto Scaling termination lifecycle hook (and spot interruption "
+		 "notices) and drain this instance before it goes"},
+	{.name = "lifecycle.group_name", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "Auto Scaling group (default: the instance's aws:autoscaling:groupName tag, with "
+		 "instance metadata tags on)", .max = 255},
+	{.name = "lifecycle.hook_name", .type = CONFIG_STRING, .default_value = "slipway-drain",
+	 .help = "The group's termination lifecycle hook", .max = 255},
+	{.name = "lifecycle.watch_spot", .type = CONFIG_BOOL, .default_value = "true",
+	 .help = "A spot interruption notice starts the same drain"},
+	{.name = "lifecycle.poll_interval", .type = CONFIG_DURATION, .default_value = "5s",
+	 .help = "How often the instance metadata is read for the lifecycle state and spot notices",
+	 .min = 100, .max = 60000},
+	{.name = "lifecycle.deregistration_delay", .type = CONFIG_DURATION, .default_value = "300s",
+	 .help = "Wait after the health endpoint turned 503: the load balancer target group's "
+		 "deregistration delay", .min = 0, .max = 3600000},
+	{.name = "lifecycle.drain_timeout", .type = CONFIG_DURATION, .default_value = "30s",
+	 .help = "Longest wait for the proxy's requests in flight to finish", .min = 0,
+	 .max = 3600000},
+	{.name = "lifecycle.stop_timeout", .type = CONFIG_DURATION, .default_value = "120s",
+	 .help = "Longest wait for the containers to stop (each has its own stop grace)",
+	 .min = 1000, .max = 3600000},
+	{.name = "lifecycle.log_flush_timeout", .type = CONFIG_DURATION, .default_value = "60s",
+	 .help = "Longest wait for the last log lines to be accepted by the destination",
+	 .min = 0, .max = 3600000},
+	{.name = "lifecycle.heartbeat_interval", .type = CONFIG_DURATION, .default_value = "60s",
+	 .help = "RecordLifecycleActionHeartbeat while draining (below the hook's heartbeat "
+		 "timeout)", .min = 1000, .max = 3600000},
 
 	/* Test hooks */
 	{.name = "debug.crash_at", .type = CONFIG_ENUM, .default_value = NULL,

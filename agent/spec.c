@@ -511,7 +511,7 @@ static int parse_command(const cJSON *arr, size_t n, const char *path, struct sp
 
 static const char *const service_keys[] = {
 	"name", "image", "command", "environment", "port", "proxy", "health", "count",
-	"memory_mb", "stop_grace_ms", NULL};
+	"memory_mb", "stop_grace_ms", "metadata_access", NULL};
 
 static int parse_service(const cJSON *o, const char *path, struct spec_service *s,
 			 struct err *err)
@@ -566,7 +566,8 @@ static int parse_service(const cJSON *o, const char *path, struct spec_service *
 	if (json_get_int(o, path, "count", 0, SPEC_COUNT_MAX, &count, err) < 0 ||
 	    json_get_int_opt(o, path, "memory_mb", 0, 1048576, 0, &s->memory_mb, err) < 0 ||
 	    json_get_int_opt(o, path, "stop_grace_ms", 0, 3600000, 10000, &s->stop_grace_ms,
-			     err) < 0)
+			     err) < 0 ||
+	    json_get_bool_opt(o, path, "metadata_access", false, &s->metadata_access, err) < 0)
 		return -1;
 	s->count = (int)count;
 	if (s->memory_mb > 0 && s->memory_mb < 6)

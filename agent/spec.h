@@ -84,6 +84,7 @@ struct spec_service {
 	int count;
 	int64_t memory_mb;           /* 0: no limit */
 	int64_t stop_grace_ms;
+	bool metadata_access;        /* may reach the instance metadata (agent/imdsblock.h) */
 };
 
 struct spec_release {

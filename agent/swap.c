@@ -16,6 +16,7 @@
 #include "json.h"
 #include "log.h"
 #include "proxy_client.h"
+#include "registryauth.h"
 #include "worker.h"
 
 #define REASON_MAX 1024
@@ -54,7 +55,7 @@ struct cont {
 	const struct spec_service *svc;
 };
 
-enum op_kind { OP_DOCKER, OP_PROXY, OP_WORKER };
+enum op_kind { OP_DOCKER, OP_PROXY, OP_WORKER, OP_PULL };
 
 /* An async call in flight, so swap_free can cancel it. */
 struct op {
@@ -174,6 +175,9 @@ static void cancel_ops(struct swap *s)
 			break;
 		case OP_PROXY:
 			proxy_client_cancel(s->a->proxy, o->id);
+			break;
+		case OP_PULL:
+			registryauth_cancel(s->a->registryauth, o->id);
 			break;
 		case OP_WORKER:
 			o->s = NULL; /* freed by its done callback */
@@ -355,6 +359,8 @@ static void load_listing(struct swap *s, const cJSON *list)
 	cJSON_ArrayForEach(it, list) {
 		const cJSON *labels = cJSON_GetObjectItemCaseSensitive(it, "Labels");
 		if (strcmp(label(labels, "slipway.app"), s->app) != 0)
+			continue;
+		if (*label(labels, "slipway.run")) /* a one-off run (runjob.h): never routed or retired */
 			continue;
 		struct cont *c = add_cont(s);
 		if (!c)
@@ -868,16 +874,20 @@ static void pull_images(struct swap *s)
 			dup |= strcmp(s->spec->services[k].image, svc->image) == 0;
 		if (dup || svc->count == 0)
 			continue;
-		struct op *o = docker_op(s, NULL);
+		struct registryauth *ra = s->a->registryauth;
+		struct op *o = op_new(s, ra ? OP_PULL : OP_DOCKER, NULL);
 		if (!o) {
 			fail(s, NULL, "out of memory");
 			break;
 		}
 		o->index = (int)i;
 		log_info("swap.pull", "job=%s service=%s image=%s", s->job, svc->name, svc->image);
-		docker_started(s, o, docker_image_pull(s->a->docker, svc->image, NULL,
-						       s->a->set.pull_timeout_ms, NULL, on_pulled, o),
-			       "pull");
+		/* registryauth: ECR images log in first, others are pulled as they are */
+		uint64_t id = ra ? registryauth_pull(ra, svc->image, s->a->set.pull_timeout_ms, NULL,
+						     on_pulled, o)
+				 : docker_image_pull(s->a->docker, svc->image, NULL,
+						     s->a->set.pull_timeout_ms, NULL, on_pulled, o);
+		docker_started(s, o, id, "pull");
 	}
 	end_calls(s);
 }
@@ -967,6 +977,8 @@ static cJSON *create_body(struct swap *s, const struct cont *c, const char *imag
 	cJSON_AddStringToObject(labels, "slipway.job", s->job);
 	snprintf(num, sizeof num, "%d", svc->port);
 	cJSON_AddStringToObject(labels, "slipway.port", num);
+	if (svc->metadata_access) /* agent/imdsblock.h lets it reach the instance metadata */
+		cJSON_AddStringToObject(labels, "slipway.metadata_access", "true");
 	add_extra_labels(a, labels);
 	cJSON_AddNumberToObject(b, "StopTimeout", (double)((svc->stop_grace_ms + 999) / 1000));
 	cJSON *hc = cJSON_AddObjectToObject(b, "HostConfig");

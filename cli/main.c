@@ -14,6 +14,7 @@
 #include "commands_login.h"
 #include "commands_logs.h"
 #include "commands_releases.h"
+#include "commands_run.h"
 #include "log.h"
 
 struct command {
@@ -33,6 +34,7 @@ static const struct command commands[] = {
 	{"logs", commands_logs, "print or follow an app's container output"},
 	{"env", commands_env, "show an app's environment; env set|unset make a new release"},
 	{"scale", commands_scale, "set a service's count and memory"},
+	{"run", commands_run, "run a one-off command in a new container of a service"},
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])

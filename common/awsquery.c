@@ -1,12 +1,14 @@
 #include "awsquery.h"
 
 #include <ev.h>
+#include <expat.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "backoff.h"
 #include "crypto.h"
@@ -18,16 +20,28 @@
 /* ---- XML ---- */
 
 /*
- * One pass over the document, keeping the stack of open element names. The
- * grammar accepted is the part of XML 1.0 a Query answer uses: an optional
- * BOM and <?xml ...?> declaration, comments, elements with attributes
- * (read and ignored), character data with the predefined and numeric
- * entities. Everything else is an error, which keeps the reader small enough
- * to check by eye and to fuzz.
+ * Debian's libexpat does the XML 1.0 parsing (well-formedness, entities,
+ * character references, UTF-8); the handlers below keep the stack of open
+ * element names and refuse, by stopping the parser, everything a Query answer
+ * never holds: a DOCTYPE (before its internal subset is read, so no entity is
+ * ever declared, let alone expanded), CDATA sections, processing
+ * instructions, an encoding declaration other than UTF-8, nesting deeper than
+ * AWSQUERY_XML_DEPTH. Without a DTD the only entities expat knows are the
+ * five predefined ones, so any other is an "undefined entity" error; expat
+ * never loads external entities unless given a handler, and none is set.
+ *
+ * Expat's billion-laughs limits (XML_SetBillionLaughsAttackProtection*, 2.4.0)
+ * are declared only when XML_DTD is defined, which its installed header leaves
+ * to the library's own build; they guard entity expansion, which the DOCTYPE
+ * refusal already rules out, and their defaults are on in Debian's build.
+ *
+ * Before expat sees the document, a byte scan refuses what XML forbids anyway
+ * but deserves a plain message: NUL, other control bytes, invalid UTF-8.
  */
 struct xml_walk {
-	const char *start, *p, *end;
+	XML_Parser parser;
 	struct err *err;
+	bool failed;    /* a handler refused: err says why, the parser is stopped */
 	/* the element asked for */
 	const char *comp[AWSQUERY_XML_DEPTH];
 	size_t comp_len[AWSQUERY_XML_DEPTH];
@@ -36,359 +50,222 @@ struct xml_walk {
 	size_t cap, out_len;
 	int found;      /* elements at the path closed so far */
 	bool in_target; /* the stack is exactly the path */
+	/* how much of the stack matches the path (a prefix of it) */
+	size_t depth, matched;
 	/* the root's name, for awsquery_xml_root */
 	char root[AWSQUERY_NAME_MAX + 1];
 };
 
-static int is_name_start(unsigned char c)
+/* Records a refusal and stops expat; later callbacks (expat may still make
+ * some) do nothing. */
+static void xml_fail(struct xml_walk *w, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void xml_fail(struct xml_walk *w, const char *fmt, ...)
 {
-	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || c == ':';
+	if (w->failed)
+		return;
+	w->failed = true;
+	if (w->err) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(w->err->msg, sizeof w->err->msg, fmt, ap);
+		va_end(ap);
+	}
+	XML_StopParser(w->parser, XML_FALSE);
 }
 
-static int is_name_char(unsigned char c)
+/* The local part of a name (after the last ':'); NULL when there is none. */
+static const char *local_name(const XML_Char *name, size_t *len)
 {
-	return is_name_start(c) || (c >= '0' && c <= '9') || c == '-' || c == '.';
-}
-
-static int is_space(unsigned char c)
-{
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
-/* Reads a name at w->p; sets name and len to its local part (after the last ':'). */
-static int read_name(struct xml_walk *w, const char **name, size_t *len)
-{
-	const char *s = w->p;
-	if (s >= w->end || !is_name_start((unsigned char)*s))
-		return err_set(w->err, "xml: a name was expected at offset %zu",
-			       (size_t)(s - w->start));
-	const char *q = s;
-	while (q < w->end && is_name_char((unsigned char)*q))
-		q++;
-	if ((size_t)(q - s) > AWSQUERY_NAME_MAX)
-		return err_set(w->err, "xml: a name is longer than %d bytes", AWSQUERY_NAME_MAX);
-	const char *local = s;
-	for (const char *c = s; c < q; c++)
+	const char *local = name;
+	for (const char *c = name; *c; c++)
 		if (*c == ':')
 			local = c + 1;
-	if (local == q)
-		return err_set(w->err, "xml: a name ends with ':'");
-	*name = local;
-	*len = (size_t)(q - local);
-	w->p = q;
-	return 0;
+	*len = strlen(local);
+	return *len ? local : NULL;
 }
 
-static void skip_space(struct xml_walk *w)
+static void XMLCALL on_start(void *ud, const XML_Char *name, const XML_Char **attrs)
 {
-	while (w->p < w->end && is_space((unsigned char)*w->p))
-		w->p++;
-}
-
-static int starts(const struct xml_walk *w, const char *lit)
-{
-	size_t n = strlen(lit);
-	return (size_t)(w->end - w->p) >= n && memcmp(w->p, lit, n) == 0;
-}
-
-/* Skips to just after `lit`; -1 when it never comes. */
-static int skip_past(struct xml_walk *w, const char *lit, const char *what)
-{
-	size_t n = strlen(lit);
-	for (const char *q = w->p; (size_t)(w->end - q) >= n; q++) {
-		if (memcmp(q, lit, n) == 0) {
-			w->p = q + n;
-			return 0;
+	(void)attrs; /* read for well-formedness by expat, then ignored */
+	struct xml_walk *w = ud;
+	if (w->failed)
+		return;
+	size_t nlen;
+	const char *local = local_name(name, &nlen);
+	if (strlen(name) > AWSQUERY_NAME_MAX) {
+		xml_fail(w, "xml: a name is longer than %d bytes", AWSQUERY_NAME_MAX);
+		return;
+	}
+	if (!local) {
+		xml_fail(w, "xml: a name ends with ':'");
+		return;
+	}
+	if (w->in_target) {
+		xml_fail(w, "xml: element %.*s has child elements",
+			 (int)w->comp_len[w->ncomp - 1], w->comp[w->ncomp - 1]);
+		return;
+	}
+	if (w->depth >= AWSQUERY_XML_DEPTH) {
+		xml_fail(w, "xml: nested deeper than %d levels", AWSQUERY_XML_DEPTH);
+		return;
+	}
+	if (w->depth == 0)
+		snprintf(w->root, sizeof w->root, "%s", local);
+	/* The stack matches the path so far, and this element is the next part. */
+	if (w->matched == w->depth && w->depth < w->ncomp && w->comp_len[w->depth] == nlen &&
+	    memcmp(w->comp[w->depth], local, nlen) == 0)
+		w->matched++;
+	w->depth++;
+	if (w->ncomp && w->matched == w->ncomp && w->depth == w->ncomp) {
+		if (w->found > 0) {
+			xml_fail(w, "xml: element %s appears more than once", local);
+			return;
+		}
+		w->in_target = true;
+		if (w->out) {
+			w->out_len = 0;
+			w->out[0] = '\0';
 		}
 	}
-	return err_set(w->err, "xml: unterminated %s", what);
 }
 
-static int append_out(struct xml_walk *w, const char *s, size_t n)
+static void XMLCALL on_end(void *ud, const XML_Char *name)
 {
-	if (!w->in_target || !w->out)
-		return 0;
-	if (w->out_len + n >= w->cap)
-		return err_set(w->err, "xml: the text of %.*s is longer than %zu bytes",
-			       (int)w->comp_len[w->ncomp - 1], w->comp[w->ncomp - 1], w->cap - 1);
-	memcpy(w->out + w->out_len, s, n);
-	w->out_len += n;
+	(void)name; /* expat has checked that it matches the start tag */
+	struct xml_walk *w = ud;
+	if (w->failed)
+		return;
+	if (w->in_target) {
+		w->in_target = false;
+		w->found++;
+	}
+	if (w->matched == w->depth)
+		w->matched--;
+	w->depth--;
+}
+
+static void XMLCALL on_text(void *ud, const XML_Char *s, int len)
+{
+	struct xml_walk *w = ud;
+	if (w->failed || !w->in_target || !w->out || len <= 0)
+		return;
+	if (w->out_len + (size_t)len >= w->cap) {
+		xml_fail(w, "xml: the text of %.*s is longer than %zu bytes",
+			 (int)w->comp_len[w->ncomp - 1], w->comp[w->ncomp - 1], w->cap - 1);
+		return;
+	}
+	memcpy(w->out + w->out_len, s, (size_t)len);
+	w->out_len += (size_t)len;
 	w->out[w->out_len] = '\0';
-	return 0;
 }
 
-static size_t utf8_encode(uint32_t cp, char out[4])
+static void XMLCALL on_doctype(void *ud, const XML_Char *name, const XML_Char *sysid,
+			       const XML_Char *pubid, int has_internal_subset)
 {
-	if (cp < 0x80) {
-		out[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		out[0] = (char)(0xC0 | (cp >> 6));
-		out[1] = (char)(0x80 | (cp & 0x3F));
-		return 2;
-	}
-	if (cp < 0x10000) {
-		out[0] = (char)(0xE0 | (cp >> 12));
-		out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-		out[2] = (char)(0x80 | (cp & 0x3F));
-		return 3;
-	}
-	out[0] = (char)(0xF0 | (cp >> 18));
-	out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-	out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-	out[3] = (char)(0x80 | (cp & 0x3F));
-	return 4;
+	(void)name;
+	(void)sysid;
+	(void)pubid;
+	(void)has_internal_subset;
+	xml_fail(ud, "xml: DTDs are not accepted");
 }
 
-/* An entity at w->p ('&'), decoded into the target text. */
-static int read_entity(struct xml_walk *w)
+/* Unreachable while DOCTYPEs are refused; kept so an entity declaration can
+ * never be taken even if that changed. */
+static void XMLCALL on_entity_decl(void *ud, const XML_Char *name, int is_param,
+				   const XML_Char *value, int value_len, const XML_Char *base,
+				   const XML_Char *sysid, const XML_Char *pubid,
+				   const XML_Char *notation)
 {
-	const char *semi = memchr(w->p, ';', (size_t)(w->end - w->p) < 12 ? (size_t)(w->end - w->p)
-									  : 12);
-	if (!semi)
-		return err_set(w->err, "xml: '&' that starts no entity");
-	const char *name = w->p + 1;
-	size_t n = (size_t)(semi - name);
-	static const struct {
-		const char *name;
-		char c;
-	} named[] = {{"lt", '<'}, {"gt", '>'}, {"amp", '&'}, {"quot", '"'}, {"apos", '\''}};
-	for (size_t i = 0; i < sizeof named / sizeof named[0]; i++) {
-		if (strlen(named[i].name) == n && memcmp(name, named[i].name, n) == 0) {
-			w->p = semi + 1;
-			return append_out(w, &named[i].c, 1);
-		}
-	}
-	if (n < 2 || name[0] != '#')
-		return err_set(w->err, "xml: unknown entity &%.*s;", (int)n, name);
-	uint32_t cp = 0;
-	bool hex = name[1] == 'x';
-	const char *d = name + (hex ? 2 : 1);
-	if (d == semi)
-		return err_set(w->err, "xml: empty character reference");
-	for (; d < semi; d++) {
-		unsigned v;
-		if (*d >= '0' && *d <= '9')
-			v = (unsigned)(*d - '0');
-		else if (hex && *d >= 'a' && *d <= 'f')
-			v = (unsigned)(*d - 'a' + 10);
-		else if (hex && *d >= 'A' && *d <= 'F')
-			v = (unsigned)(*d - 'A' + 10);
-		else
-			return err_set(w->err, "xml: bad character reference &%.*s;", (int)n, name);
-		cp = cp * (hex ? 16 : 10) + v;
-		if (cp > 0x10FFFF)
-			return err_set(w->err, "xml: character reference out of range");
-	}
-	/* XML 1.0 Char: no NUL, no other C0 control but tab and line ends, no surrogates. */
-	if ((cp < 0x20 && cp != 0x9 && cp != 0xA && cp != 0xD) || (cp >= 0xD800 && cp <= 0xDFFF) ||
-	    cp == 0xFFFE || cp == 0xFFFF)
-		return err_set(w->err, "xml: character reference to a character XML forbids");
-	char u[4];
-	size_t un = utf8_encode(cp, u);
-	w->p = semi + 1;
-	return append_out(w, u, un);
+	(void)name;
+	(void)is_param;
+	(void)value;
+	(void)value_len;
+	(void)base;
+	(void)sysid;
+	(void)pubid;
+	(void)notation;
+	xml_fail(ud, "xml: DTDs and entity declarations are not accepted");
 }
 
-/* Character data up to the next '<'. */
-static int read_text(struct xml_walk *w, size_t depth)
+static void XMLCALL on_cdata(void *ud)
 {
-	while (w->p < w->end && *w->p != '<') {
-		unsigned char c = (unsigned char)*w->p;
-		if (c == '&') {
-			if (depth == 0)
-				return err_set(w->err, "xml: text outside the root element");
-			if (read_entity(w) < 0)
-				return -1;
-			continue;
-		}
-		if (c < 0x20 && !is_space(c))
-			return err_set(w->err, "xml: control character 0x%02x", c);
-		if (!is_space(c) && depth == 0)
-			return err_set(w->err, "xml: text outside the root element");
-		const char *run = w->p;
-		while (w->p < w->end && *w->p != '<' && *w->p != '&' &&
-		       ((unsigned char)*w->p >= 0x20 || is_space((unsigned char)*w->p)))
-			w->p++;
-		if (append_out(w, run, (size_t)(w->p - run)) < 0)
-			return -1;
-	}
-	return 0;
+	xml_fail(ud, "xml: CDATA sections are not accepted");
 }
 
-/* Attributes up to '>' or "/>": read for well-formedness, then ignored. */
-static int read_attributes(struct xml_walk *w, bool *empty)
+static void XMLCALL on_pi(void *ud, const XML_Char *target, const XML_Char *data)
 {
-	for (;;) {
-		size_t before = (size_t)(w->end - w->p);
-		skip_space(w);
-		if (w->p >= w->end)
-			return err_set(w->err, "xml: unterminated tag");
-		if (*w->p == '>') {
-			w->p++;
-			*empty = false;
-			return 0;
-		}
-		if (*w->p == '/') {
-			if (w->p + 1 >= w->end || w->p[1] != '>')
-				return err_set(w->err, "xml: '/' inside a tag");
-			w->p += 2;
-			*empty = true;
-			return 0;
-		}
-		if ((size_t)(w->end - w->p) == before)
-			return err_set(w->err, "xml: attributes must be separated by spaces");
-		const char *name;
-		size_t nlen;
-		if (read_name(w, &name, &nlen) < 0)
-			return -1;
-		skip_space(w);
-		if (w->p >= w->end || *w->p != '=')
-			return err_set(w->err, "xml: attribute without a value");
-		w->p++;
-		skip_space(w);
-		if (w->p >= w->end || (*w->p != '"' && *w->p != '\''))
-			return err_set(w->err, "xml: attribute value without quotes");
-		char q = *w->p++;
-		while (w->p < w->end && *w->p != q) {
-			if (*w->p == '<' || ((unsigned char)*w->p < 0x20 && !is_space((unsigned char)*w->p)))
-				return err_set(w->err, "xml: bad character in an attribute value");
-			w->p++;
-		}
-		if (w->p >= w->end)
-			return err_set(w->err, "xml: unterminated attribute value");
-		w->p++;
-	}
+	(void)target;
+	(void)data;
+	xml_fail(ud, "xml: processing instructions are not accepted");
 }
 
-static bool stack_is_target(const struct xml_walk *w, const char *const *names,
-			    const size_t *lens, size_t depth)
+/* The parser reads UTF-8 whatever the document says; one that says something
+ * else is mislabelled, and refused rather than read as what it is not. */
+static void XMLCALL on_xml_decl(void *ud, const XML_Char *version, const XML_Char *encoding,
+				int standalone)
 {
-	if (!w->ncomp || depth != w->ncomp)
-		return false;
-	for (size_t i = 0; i < depth; i++)
-		if (lens[i] != w->comp_len[i] || memcmp(names[i], w->comp[i], lens[i]) != 0)
-			return false;
-	return true;
+	(void)version;
+	(void)standalone;
+	if (encoding && strcasecmp(encoding, "UTF-8") != 0)
+		xml_fail(ud, "xml: encoding \"%.40s\" is not accepted (UTF-8 only)", encoding);
 }
 
-static int xml_walk_run(struct xml_walk *w)
+static int xml_check_bytes(const char *xml, size_t len, struct err *err)
 {
-	const char *names[AWSQUERY_XML_DEPTH];
-	size_t lens[AWSQUERY_XML_DEPTH];
-	size_t depth = 0;
-	bool seen_root = false;
-	if (w->end - w->p >= 3 && memcmp(w->p, "\xEF\xBB\xBF", 3) == 0)
-		w->p += 3;
-	if (starts(w, "<?xml") && w->p + 5 < w->end && is_space((unsigned char)w->p[5])) {
-		if (skip_past(w, "?>", "XML declaration") < 0)
-			return -1;
-	}
-	for (;;) {
-		if (read_text(w, depth) < 0)
-			return -1;
-		if (w->p >= w->end)
-			break;
-		/* at '<' */
-		if (starts(w, "<!--")) {
-			w->p += 4;
-			if (skip_past(w, "-->", "comment") < 0)
-				return -1;
-			continue;
-		}
-		if (starts(w, "<!"))
-			return err_set(w->err, "xml: DTDs and CDATA sections are not accepted");
-		if (starts(w, "<?"))
-			return err_set(w->err, "xml: processing instructions are not accepted");
-		if (starts(w, "</")) {
-			w->p += 2;
-			const char *name;
-			size_t nlen;
-			if (read_name(w, &name, &nlen) < 0)
-				return -1;
-			skip_space(w);
-			if (w->p >= w->end || *w->p != '>')
-				return err_set(w->err, "xml: unterminated end tag");
-			w->p++;
-			if (depth == 0 || lens[depth - 1] != nlen ||
-			    memcmp(names[depth - 1], name, nlen) != 0)
-				return err_set(w->err, "xml: end tag </%.*s> does not match", (int)nlen,
-					       name);
-			if (w->in_target) {
-				w->found++;
-				w->in_target = false;
-				if (w->found > 1)
-					return err_set(w->err, "xml: element %.*s appears more than once",
-						       (int)nlen, name);
-			}
-			depth--;
-			continue;
-		}
-		w->p++;
-		const char *name;
-		size_t nlen;
-		if (read_name(w, &name, &nlen) < 0)
-			return -1;
-		if (depth == 0) {
-			if (seen_root)
-				return err_set(w->err, "xml: more than one root element");
-			seen_root = true;
-			snprintf(w->root, sizeof w->root, "%.*s", (int)nlen, name);
-		}
-		if (w->in_target)
-			return err_set(w->err, "xml: element %.*s has child elements",
-				       (int)w->comp_len[w->ncomp - 1], w->comp[w->ncomp - 1]);
-		if (depth >= AWSQUERY_XML_DEPTH)
-			return err_set(w->err, "xml: nested deeper than %d levels", AWSQUERY_XML_DEPTH);
-		bool empty = false;
-		if (read_attributes(w, &empty) < 0)
-			return -1;
-		names[depth] = name;
-		lens[depth] = nlen;
-		depth++;
-		if (stack_is_target(w, names, lens, depth)) {
-			if (w->found > 0)
-				return err_set(w->err, "xml: element %.*s appears more than once", (int)nlen,
-					       name);
-			w->in_target = true;
-			if (w->out) {
-				w->out_len = 0;
-				w->out[0] = '\0';
-			}
-		}
-		if (empty) {
-			if (w->in_target) {
-				w->found++;
-				w->in_target = false;
-			}
-			depth--;
-		}
-	}
-	if (!seen_root)
-		return err_set(w->err, "xml: no root element");
-	if (depth != 0)
-		return err_set(w->err, "xml: element %.*s is not closed", (int)lens[depth - 1],
-			       names[depth - 1]);
-	return 0;
-}
-
-static int xml_walk_init(struct xml_walk *w, const char *xml, size_t len, struct err *err)
-{
-	memset(w, 0, sizeof *w);
-	w->err = err;
 	if (!xml || len == 0)
 		return err_set(err, "xml: empty document");
 	if (len > AWSQUERY_XML_MAX)
 		return err_set(err, "xml: document larger than %zu bytes", AWSQUERY_XML_MAX);
 	if (memchr(xml, '\0', len))
 		return err_set(err, "xml: NUL byte");
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)xml[i];
+		if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
+			return err_set(err, "xml: control character 0x%02x at offset %zu", c, i);
+	}
 	size_t bad;
 	if (json_utf8_check(xml, len, &bad) < 0)
 		return err_set(err, "xml: invalid UTF-8 at offset %zu", bad);
-	w->start = w->p = xml;
-	w->end = xml + len;
 	return 0;
+}
+
+/* Parses the whole document with the walk's path (ncomp may be 0). */
+static int xml_walk_run(struct xml_walk *w, const char *xml, size_t len)
+{
+	if (xml_check_bytes(xml, len, w->err) < 0)
+		return -1;
+	/* "UTF-8" here overrides any encoding declaration (on_xml_decl refuses
+	 * another one) and rules out UTF-16 and the rest. */
+	XML_Parser p = XML_ParserCreate("UTF-8");
+	if (!p)
+		return err_set(w->err, "xml: out of memory");
+	w->parser = p;
+	XML_SetUserData(p, w);
+	XML_SetElementHandler(p, on_start, on_end);
+	XML_SetCharacterDataHandler(p, on_text);
+	XML_SetStartDoctypeDeclHandler(p, on_doctype);
+	XML_SetEntityDeclHandler(p, on_entity_decl);
+	XML_SetStartCdataSectionHandler(p, on_cdata);
+	XML_SetProcessingInstructionHandler(p, on_pi);
+	XML_SetXmlDeclHandler(p, on_xml_decl);
+	XML_SetParamEntityParsing(p, XML_PARAM_ENTITY_PARSING_NEVER);
+	int rc = 0;
+	/* len <= AWSQUERY_XML_MAX: fits an int. */
+	if (XML_Parse(p, xml, (int)len, XML_TRUE) != XML_STATUS_OK) {
+		if (!w->failed)
+			err_set(w->err, "xml: %s at line %lu, column %lu",
+				XML_ErrorString(XML_GetErrorCode(p)),
+				(unsigned long)XML_GetCurrentLineNumber(p),
+				(unsigned long)XML_GetCurrentColumnNumber(p) + 1);
+		rc = -1;
+	} else if (w->failed) {
+		rc = -1; /* stopped, yet expat called it a success: never take the result */
+	}
+	XML_ParserFree(p);
+	w->parser = NULL;
+	return rc;
 }
 
 int awsquery_xml_text(const char *xml, size_t len, const char *path, char *out, size_t cap,
@@ -398,8 +275,8 @@ int awsquery_xml_text(const char *xml, size_t len, const char *path, char *out, 
 		return err_set(err, "xml: bad arguments");
 	out[0] = '\0';
 	struct xml_walk w;
-	if (xml_walk_init(&w, xml, len, err) < 0)
-		return -1;
+	memset(&w, 0, sizeof w);
+	w.err = err;
 	const char *s = path;
 	while (*s) {
 		const char *slash = strchr(s, '/');
@@ -414,7 +291,7 @@ int awsquery_xml_text(const char *xml, size_t len, const char *path, char *out, 
 	}
 	w.out = out;
 	w.cap = cap;
-	if (xml_walk_run(&w) < 0) {
+	if (xml_walk_run(&w, xml, len) < 0) {
 		out[0] = '\0';
 		return -1;
 	}
@@ -425,11 +302,13 @@ int awsquery_xml_text(const char *xml, size_t len, const char *path, char *out, 
 
 int awsquery_xml_root(const char *xml, size_t len, char *out, size_t cap, struct err *err)
 {
-	struct xml_walk w;
 	if (!out || cap == 0)
 		return err_set(err, "xml: bad arguments");
 	out[0] = '\0';
-	if (xml_walk_init(&w, xml, len, err) < 0 || xml_walk_run(&w) < 0)
+	struct xml_walk w;
+	memset(&w, 0, sizeof w);
+	w.err = err;
+	if (xml_walk_run(&w, xml, len) < 0)
 		return -1;
 	snprintf(out, cap, "%s", w.root);
 	return 1;

@@ -2,14 +2,17 @@
  * awsquery: AWS's Query protocol (the one STS and Auto Scaling speak), the
  * part slipway needs:
  *
- *   - a strict, small reader for the XML answers: awsquery_xml_text picks the
- *     text of one element by its path from the root. It is not a general XML
- *     parser and refuses what a Query answer never holds: DTDs (so no entity
- *     can expand), CDATA, processing instructions past the declaration,
+ *   - a strict reader for the XML answers: awsquery_xml_text picks the text
+ *     of one element by its path from the root. libexpat parses (XML 1.0
+ *     well-formedness, entities, line ends read as "\n"); its handlers refuse
+ *     what a Query answer never holds: a DOCTYPE (stopped before any internal
+ *     subset is read, so no entity is declared or expands), CDATA, processing
+ *     instructions past the declaration, an encoding other than UTF-8,
  *     unknown entities, invalid UTF-8, NUL and other control bytes, more than
  *     AWSQUERY_XML_DEPTH levels, documents over a cap. The element asked for
  *     must be a leaf and appear once: an answer with two <Arn> elements is
- *     malformed, never "the first one wins".
+ *     malformed, never "the first one wins". Error messages of syntax errors
+ *     are expat's, with a line and column.
  *   - the error document (<ErrorResponse><Error><Code>, and EC2's
  *     <Response><Errors><Error>) and how each error code is handled;
  *   - a client for signed calls (POST /, application/x-www-form-urlencoded,

@@ -210,6 +210,24 @@ int64_t ecr_refresh_at(int64_t fetched_ms, int64_t expires_ms)
 	return at < fetched_ms ? fetched_ms : at;
 }
 
+int ecr_docker_denied(const char *message)
+{
+	/* What Docker and registries say when credentials are missing, wrong or
+	 * expired (ECR: "Your authorization token has expired"; distribution:
+	 * "unauthorized: authentication required"; the engine itself: "no basic
+	 * auth credentials", "pull access denied"). */
+	static const char *const says[] = {
+		"no basic auth credentials", "unauthorized", "authentication required",
+		"authorization token has expired", "denied", "401 unauthorized", "403 forbidden",
+	};
+	if (!message)
+		return 0;
+	for (size_t i = 0; i < sizeof says / sizeof says[0]; i++)
+		if (strcasestr(message, says[i]))
+			return 1;
+	return 0;
+}
+
 /* ---- calls ---- */
 
 static void call_free(struct ecall *c)

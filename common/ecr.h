@@ -157,4 +157,10 @@ int ecr_decode_token(const char *token, char **user, char **password, struct err
 /* When a token fetched at fetched_ms and expiring at expires_ms is replaced. */
 int64_t ecr_refresh_at(int64_t fetched_ms, int64_t expires_ms);
 
+/* 1 when the message of a failed Docker pull or push says the registry
+ * refused the credentials ("no basic auth credentials", "unauthorized: ...",
+ * "... authorization token has expired", "denied: ..."): worth one retry
+ * with a fresh token. Case-insensitive. */
+int ecr_docker_denied(const char *message);
+
 #endif

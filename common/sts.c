@@ -179,8 +179,9 @@ int sts_parse_arn(const char *arn, struct sts_identity *out, struct err *err)
 	size_t tl = slash ? (size_t)(slash - res) : strlen(res);
 	if (fl[2] == 3 && memcmp(f[2], "sts", 3) == 0 && tl == 12 &&
 	    memcmp(res, "assumed-role", 12) == 0) {
-		const char *role = slash + 1;
-		const char *s2 = strchr(role, '/');
+		/* "assumed-role" alone has no role: refused, never read past. */
+		const char *role = slash ? slash + 1 : NULL;
+		const char *s2 = role ? strchr(role, '/') : NULL;
 		if (!s2 || !iam_name_ok(role, (size_t)(s2 - role), 1, 64) ||
 		    !iam_name_ok(s2 + 1, strlen(s2 + 1), 2, 64))
 			return err_set(err, "sts: bad assumed-role ARN \"%.120s\"", arn);

@@ -14,6 +14,7 @@
 #include "queue.h"
 #include "rollout.h"
 #include "server.h"
+#include "sqsqueue.h"
 #include "store.h"
 #include "sts.h"
 
@@ -460,9 +461,12 @@ static int register_tx(struct store_tx *tx, void *arg)
 	if (store_step(tx, st) != SQLITE_DONE)
 		return -1;
 	if (known) {
-		/* An agent that enrols again lost its state: its leases are void. */
+		/* An agent that enrols again lost its state: its leases are void.
+		 * Run jobs excepted: a run is never started twice (runs.h), so
+		 * theirs expire and fail instead. */
 		st = store_stmt(tx, "UPDATE jobs SET state = 'queued', lease_id = NULL, "
-				    "lease_expires_ms = NULL WHERE agent = ? AND state = 'leased'");
+				    "lease_expires_ms = NULL WHERE agent = ? AND state = 'leased' "
+				    "AND type != 'run'");
 		if (!st)
 			return -1;
 		sqlite3_bind_text(st, 1, g->agent_id, -1, SQLITE_STATIC);
@@ -509,7 +513,10 @@ static void register_done(int rc, void *arg)
 			int64_t wait = config_ms(cfg, "queue.poll_wait_max") / 1000;
 			cJSON_AddNumberToObject(b, "poll_wait_s",
 						(double)(wait > QUEUE_WAIT_MAX_S ? QUEUE_WAIT_MAX_S : wait));
-			server_respond_json_take(g->r, 200, b);
+			if (a->c->sqsqueue) /* the answer names the agent's SQS queue */
+				sqsqueue_register_answer(a->c->sqsqueue, ag, g->r, b);
+			else
+				server_respond_json_take(g->r, 200, b);
 		}
 	}
 	if (ag && a->c->queue)

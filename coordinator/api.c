@@ -21,7 +21,9 @@
 #include "queue.h"
 #include "releases.h"
 #include "rollout.h"
+#include "runs.h"
 #include "server.h"
+#include "sqsqueue.h"
 #include "store.h"
 
 #define BUILD_LOG_EVERY_S 0.5
@@ -812,6 +814,10 @@ static int release_create_tx(struct store_tx *tx, struct apiop *op)
 	cJSON *manifest = cJSON_CreateObject();
 	cJSON_AddItemToObject(manifest, "services",
 			      cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(op->in, "services"), 1));
+	/* The release command (runs.h), run before the rollout as a build's would be. */
+	const cJSON *rcmd = cJSON_GetObjectItemCaseSensitive(op->in, "release");
+	if (cJSON_IsArray(rcmd))
+		cJSON_AddItemToObject(manifest, "release", cJSON_Duplicate(rcmd, 1));
 	char *mtext = cJSON_PrintUnformatted(manifest);
 	cJSON_Delete(manifest);
 	int rc = releases_create_tx(tx, op->c, op->app, NULL, services, env, mtext, desc,
@@ -828,10 +834,12 @@ static int release_create_tx(struct store_tx *tx, struct apiop *op)
 
 static const char *release_create_check(struct apiop *op, struct err *err)
 {
-	static const char *const keys[] = {"services", "description", "promote", NULL};
+	static const char *const keys[] = {"services", "description", "promote", "release", NULL};
 	bool promote;
 	const char *desc;
+	const cJSON *rcmd = cJSON_GetObjectItemCaseSensitive(op->in, "release");
 	if (json_check_keys(op->in, keys, "body", err) < 0 ||
+	    (rcmd && !cJSON_IsNull(rcmd) && runs_check_command(rcmd, "release", err) < 0) ||
 	    json_get_bool_opt(op->in, NULL, "promote", true, &promote, err) < 0 ||
 	    json_get_string_opt(op->in, NULL, "description", 200, NULL, &desc, err) < 0)
 		return err->msg;
@@ -1082,6 +1090,7 @@ static void agent_delete_after(struct apiop *op)
 	struct agent *ag = op->c->agents ? agents_find(op->c->agents, op->id) : NULL;
 	if (ag)
 		ag->state = AGENT_GONE;
+	sqsqueue_agent_left(op->c->sqsqueue, op->id); /* its SQS queue goes too */
 }
 
 static int events_tx(struct store_tx *tx, struct apiop *op)
@@ -1438,5 +1447,5 @@ int api_register(struct coord *c)
 	for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
 		if (server_add_route_ex(c->server, &routes[i]) < 0)
 			return -1;
-	return 0;
+	return runs_register_routes(c);
 }

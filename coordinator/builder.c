@@ -23,6 +23,8 @@
 #include "coord.h"
 #include "crypto.h"
 #include "docker.h"
+#include "ecr.h"
+#include "ecrauth.h"
 #include "json.h"
 #include "log.h"
 #include "manifest.h"
@@ -47,7 +49,7 @@ extern char **environ;
 #define FILE_PATH (PATH_MAX + 512)  /* a file in the workspace */
 
 enum job_kind { JOB_DELIVERY, JOB_BUILD };
-enum inflight { IF_NONE, IF_PROC, IF_DOCKER, IF_WAIT };
+enum inflight { IF_NONE, IF_PROC, IF_DOCKER, IF_WAIT, IF_LOGIN };
 
 struct chunk_mark {
 	int64_t seq;
@@ -91,6 +93,8 @@ struct job {
 	void (*proc_next)(struct job *j, int status, const char *tail);
 	bool quiet;                 /* a probe: neither its command nor its output is logged */
 	uint64_t docker_call;
+	uint64_t login_call;        /* ECR: ecrauth_prepare in flight */
+	bool push_retried;          /* ECR: a refused push was retried with a new token */
 	struct context_job *ctx_job;
 	cJSON *manifest;
 	cJSON *images;
@@ -120,6 +124,8 @@ struct builder {
 	char registry[256];
 	char *registry_auth;        /* {"username","password","serveraddress"} or NULL */
 	char *registry_config;      /* {"<host>": {...}} or NULL */
+	struct ecrauth *ecr;        /* registry.kind = ecr: logins and repositories */
+	char prefix[129];           /* registry.repository_prefix */
 	char ssh[PATH_MAX];
 	char git_dir[PATH_MAX + 8];
 	char work_dir[PATH_MAX + 8];
@@ -743,6 +749,10 @@ static void job_fail(struct job *j, const char *fmt, ...)
 		if (j->ctx_job)
 			context_job_cancel(j->ctx_job);
 		return; /* its callback finishes the job */
+	case IF_LOGIN:
+		ecrauth_cancel(j->b->ecr, j->login_call);
+		j->login_call = 0;
+		break;
 	case IF_NONE:
 		break;
 	}
@@ -1651,15 +1661,26 @@ static void add_image(struct job *j, const char *image, const char *digest)
 	cJSON_AddItemToObject(j->images, j->service->string, o);
 }
 
+static void step_push(struct job *j);
+
 static void push_done(const struct docker_result *res, void *arg)
 {
 	struct job *j = arg;
 	j->docker_call = 0;
 	if (job_gone(j))
 		return;
+	if (res->error != DOCKER_OK && j->b->ecr && !j->push_retried &&
+	    (res->error == DOCKER_ERR_DENIED || ecr_docker_denied(res->message))) {
+		/* The token may have expired or been revoked early: once more with a new one. */
+		j->push_retried = true;
+		job_log(j, "push refused (%s): logging in to ECR again", res->message);
+		ecrauth_invalidate(j->b->ecr);
+		step_push(j);
+		return;
+	}
 	if (res->error != DOCKER_OK) {
-		job_fail(j, "service %s: docker push %s: %s", j->service->string, j->image_ref,
-			 res->message);
+		job_fail(j, "service %s: docker push %s: %s%s", j->service->string, j->image_ref,
+			 res->message, j->push_retried ? " (also with a new ECR token)" : "");
 		return;
 	}
 	if (!res->digest) {
@@ -1709,7 +1730,12 @@ static void build_done(const struct docker_result *res, void *arg)
 		return;
 	}
 	job_log(j, "built %s (%s)", j->image_ref, res->id ? res->id : "?");
-	j->docker_call = docker_image_push(j->b->c->docker, j->image_ref, j->b->registry_auth, 0,
+	step_push(j);
+}
+
+static void start_push(struct job *j, const char *auth_json)
+{
+	j->docker_call = docker_image_push(j->b->c->docker, j->image_ref, auth_json, 0,
 					   push_progress, push_done, j);
 	if (!j->docker_call) {
 		job_fail(j, "service %s: docker push could not start", j->service->string);
@@ -1718,10 +1744,43 @@ static void build_done(const struct docker_result *res, void *arg)
 	j->inflight = IF_DOCKER;
 }
 
-static void step_docker_build(struct job *j, const char *context_file)
+static void push_login_done(const struct ecrauth_login *login, const char *error, void *arg)
+{
+	struct job *j = arg;
+	j->login_call = 0;
+	if (job_gone(j))
+		return;
+	if (!login) {
+		job_fail(j, "service %s: ECR login for the push: %s", j->service->string, error);
+		return;
+	}
+	if (login->stale)
+		job_log(j, "warning: ECR: a new token could not be fetched; the current one is used");
+	start_push(j, login->auth_json);
+}
+
+/* ECR: the push logs in first (a cached token, or a new one when it is old
+ * or was refused). */
+static void step_push(struct job *j)
+{
+	if (!j->b->ecr) {
+		start_push(j, j->b->registry_auth);
+		return;
+	}
+	j->login_call = ecrauth_prepare(j->b->ecr, NULL, push_login_done, j);
+	if (!j->login_call) {
+		job_fail(j, "service %s: the ECR login could not start", j->service->string);
+		return;
+	}
+	j->inflight = IF_LOGIN;
+}
+
+static void start_build(struct job *j, const char *registry_config)
 {
 	struct builder *b = j->b;
 	const cJSON *svc = j->service;
+	char context_file[FILE_PATH];
+	snprintf(context_file, sizeof context_file, "%s/context-%s.tar.gz", j->ws, svc->string);
 	const cJSON *build = cJSON_GetObjectItemCaseSensitive(svc, "build");
 	const cJSON *df = cJSON_GetObjectItemCaseSensitive(build, "dockerfile");
 	cJSON *labels = cJSON_CreateObject();
@@ -1746,7 +1805,7 @@ static void step_docker_build(struct job *j, const char *context_file)
 		.dockerfile = cJSON_IsString(df) ? df->valuestring : NULL,
 		.labels = labels,
 		.cache_from = cache[0] ? cache : NULL,
-		.registry_config = b->registry_config,
+		.registry_config = registry_config,
 		.on_output = build_output,
 		.on_progress = build_progress,
 	};
@@ -1758,6 +1817,45 @@ static void step_docker_build(struct job *j, const char *context_file)
 		return;
 	}
 	j->inflight = IF_DOCKER;
+}
+
+static void build_login_done(const struct ecrauth_login *login, const char *error, void *arg)
+{
+	struct job *j = arg;
+	j->login_call = 0;
+	if (job_gone(j))
+		return;
+	if (!login) {
+		job_fail(j, "service %s: ECR: %s", j->service->string, error);
+		return;
+	}
+	if (login->stale)
+		job_log(j, "warning: ECR: a new token could not be fetched; the current one is used");
+	start_build(j, login->config_json);
+}
+
+/* ECR: the app's repository must exist before the push, and the build may
+ * pull from the registry (FROM, cache): both before the build starts. */
+static void step_docker_build(struct job *j)
+{
+	struct builder *b = j->b;
+	if (!b->ecr) {
+		start_build(j, b->registry_config);
+		return;
+	}
+	char repo[ECR_REPOSITORY_NAME_MAX + 1];
+	snprintf(repo, sizeof repo, "%s%s", b->prefix, j->app);
+	if (!ecr_repository_name_valid(repo)) {
+		job_fail(j, "service %s: \"%s\" is not a repository name ECR accepts (registry."
+			 "repository_prefix)", j->service->string, repo);
+		return;
+	}
+	j->login_call = ecrauth_prepare(b->ecr, repo, build_login_done, j);
+	if (!j->login_call) {
+		job_fail(j, "service %s: the ECR login could not start", j->service->string);
+		return;
+	}
+	j->inflight = IF_LOGIN;
 }
 
 static void context_done(int rc, const char *error, const struct context_stats *st, void *arg)
@@ -1773,9 +1871,7 @@ static void context_done(int rc, const char *error, const struct context_stats *
 	job_log(j, "build context of %s: %" PRIu64 " entries, %" PRIu64 " bytes (%" PRIu64
 		   " left out), %" PRIu64 " bytes compressed",
 		j->service->string, st->files, st->bytes, st->excluded, st->archive_bytes);
-	char path[FILE_PATH];
-	snprintf(path, sizeof path, "%s/context-%s.tar.gz", j->ws, j->service->string);
-	step_docker_build(j, path);
+	step_docker_build(j);
 }
 
 static void pull_done(const struct docker_result *res, void *arg)
@@ -1798,6 +1894,31 @@ static void pull_done(const struct docker_result *res, void *arg)
 	next_service(j);
 }
 
+static void start_pull(struct job *j, const char *auth_json)
+{
+	const char *image = cJSON_GetObjectItemCaseSensitive(j->service, "image")->valuestring;
+	j->docker_call = docker_image_pull(j->b->c->docker, image, auth_json, 10 * 60 * 1000, NULL,
+					   pull_done, j);
+	if (!j->docker_call) {
+		job_fail(j, "service %s: docker pull could not start", j->service->string);
+		return;
+	}
+	j->inflight = IF_DOCKER;
+}
+
+static void pull_login_done(const struct ecrauth_login *login, const char *error, void *arg)
+{
+	struct job *j = arg;
+	j->login_call = 0;
+	if (job_gone(j))
+		return;
+	if (!login) {
+		job_fail(j, "service %s: ECR login for the pull: %s", j->service->string, error);
+		return;
+	}
+	start_pull(j, login->auth_json);
+}
+
 static void step_service(struct job *j)
 {
 	struct builder *b = j->b;
@@ -1812,21 +1933,23 @@ static void step_service(struct job *j)
 		 * it does not exist). Our registry's credentials go only to it. */
 		const char *image = cJSON_GetObjectItemCaseSensitive(svc, "image")->valuestring;
 		size_t rl = strlen(b->registry);
-		const char *auth = !strncmp(image, b->registry, rl) && image[rl] == '/'
-					   ? b->registry_auth
-					   : NULL;
+		bool ours = !strncmp(image, b->registry, rl) && image[rl] == '/';
 		job_log(j, "service %s: resolving %s", svc->string, image);
-		j->docker_call = docker_image_pull(b->c->docker, image, auth, 10 * 60 * 1000, NULL,
-						   pull_done, j);
-		if (!j->docker_call) {
-			job_fail(j, "service %s: docker pull could not start", svc->string);
+		if (ours && b->ecr) {
+			j->login_call = ecrauth_prepare(b->ecr, NULL, pull_login_done, j);
+			if (!j->login_call) {
+				job_fail(j, "service %s: the ECR login could not start", svc->string);
+				return;
+			}
+			j->inflight = IF_LOGIN;
 			return;
 		}
-		j->inflight = IF_DOCKER;
+		start_pull(j, ours ? b->registry_auth : NULL);
 		return;
 	}
-	snprintf(j->image_ref, sizeof j->image_ref, "%s/%s:%s.%s", b->registry, j->app, svc->string,
-		 j->build_id);
+	j->push_retried = false;
+	snprintf(j->image_ref, sizeof j->image_ref, "%s/%s%s:%s.%s", b->registry, b->prefix, j->app,
+		 svc->string, j->build_id);
 	char path[FILE_PATH];
 	snprintf(path, sizeof path, "%s/context-%s.tar.gz", j->ws, svc->string);
 	struct context_opts o = {
@@ -2007,6 +2130,12 @@ struct builder *builder_new(struct coord *c, struct err *err)
 	if (b->log_max < 4096)
 		b->log_max = 4096;
 	copy(b->registry, sizeof b->registry, config_str(c->cfg, "registry.host"));
+	int ecr = ecrauth_settings(c->cfg, b->registry, sizeof b->registry, err);
+	if (ecr < 0 || (ecr && !(b->ecr = ecrauth_from_config(c->loop, c->http, c->cfg, err)))) {
+		builder_free(b);
+		return NULL;
+	}
+	copy(b->prefix, sizeof b->prefix, ecrauth_repository_prefix(c->cfg, ecr > 0));
 	copy(b->ssh, sizeof b->ssh, config_str(c->cfg, "git.ssh"));
 	const char *user = config_str(c->cfg, "registry.username");
 	if (user && *user) {
@@ -2056,6 +2185,9 @@ void builder_free(struct builder *b)
 				context_job_cancel(j->ctx_job);
 			j->orphan = true; /* its callback frees it */
 			continue;
+		case IF_LOGIN:
+			ecrauth_cancel(b->ecr, j->login_call);
+			break;
 		case IF_NONE:
 			break;
 		}
@@ -2066,6 +2198,8 @@ void builder_free(struct builder *b)
 	free(b->registry_auth);
 	free(b->registry_config);
 	b->registry_auth = b->registry_config = NULL;
+	ecrauth_free(b->ecr);
+	b->ecr = NULL;
 	if (b->scanning) {
 		b->freed = true; /* scan_done frees it */
 		return;

@@ -30,9 +30,12 @@
  *            Docker POST /build (X-Registry-Config when the registry has
  *            credentials, cachefrom = the service's previous image, labels
  *            slipway.app / slipway.build / slipway.service), tag
- *            <registry>/<app>:<service>.<build-id>, push, digest; per service
- *            with `image`: pulled to learn its digest (kept as given if that
- *            fails).
+ *            <registry>/<prefix><app>:<service>.<build-id>, push, digest; per
+ *            service with `image`: pulled to learn its digest (kept as given if
+ *            that fails). With registry.kind = ecr (coordinator/ecrauth.h) the
+ *            app's repository <prefix><app> is created before its first build,
+ *            and builds, pushes and pulls of our registry log in with an ECR
+ *            token; a push the registry refuses is retried once with a new one.
  *   done     ONE store transaction makes the build row complete with images
  *            and manifest JSON (the delivery 'built') and creates and
  *            promotes its release (releases_create_from_build_tx), so no

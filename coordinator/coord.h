@@ -28,6 +28,7 @@ struct logsink;
 struct logcw;
 struct link;
 struct slack;
+struct sqsqueue;
 
 struct coord {
 	struct ev_loop *loop;
@@ -46,6 +47,7 @@ struct coord {
 	struct logcw *logcw;          /* `slipway logs` from CloudWatch (logcw.c); NULL: embedded */
 	struct link *link;            /* GitLab linking (link.c: link_register, link_free) */
 	struct slack *slack;          /* notifications (slack.c); NULL: none are sent */
+	struct sqsqueue *sqsqueue;    /* queue.backend = sqs (sqsqueue.c); NULL: embedded */
 	int64_t started_ms;           /* wall clock at start-up */
 	uint8_t master_key[CRYPTO_KEY_LEN];
 	char data_dir[4096];

@@ -38,6 +38,7 @@
 #include "secrets.h"
 #include "server.h"
 #include "settings.h"
+#include "sqsqueue.h"
 #include "store.h"
 #include "webhook.h"
 #include "worker.h"
@@ -305,6 +306,8 @@ static int run(const char *config_path)
 		goto out;
 	if (logcw_enabled(cfg) && !(c->logcw = logcw_new(c, &err)))
 		goto out;
+	if (sqsqueue_enabled(cfg) && !(c->sqsqueue = sqsqueue_new(c, &err)))
+		goto out;
 	c->server = server_new(c, NULL, &err);
 	if (!c->server)
 		goto out;
@@ -324,6 +327,7 @@ static int run(const char *config_path)
 	rollout_recover(c);
 	agents_start(c->agents);
 	queue_start(c->queue);
+	sqsqueue_start(c->sqsqueue); /* NULL (embedded backend): nothing */
 
 	ev_signal_init(&d.sigterm, on_signal, SIGTERM);
 	ev_signal_init(&d.sigint, on_signal, SIGINT);
@@ -354,6 +358,7 @@ out:
 	link_free(c); /* and Slack: before http_client_free, which its requests use */
 	logsink_free(c->logsink);
 	logcw_free(c->logcw); /* after server_free: its readers' requests are gone */
+	sqsqueue_free(c->sqsqueue); /* after store_close: no store callback still to come */
 	queue_free(c->queue);
 	agents_free(c->agents);
 	auth_free(c->auth);

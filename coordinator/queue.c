@@ -14,7 +14,9 @@
 #include "log.h"
 #include "releases.h"
 #include "rollout.h"
+#include "runs.h"
 #include "server.h"
+#include "sqsqueue.h"
 #include "store.h"
 
 #define REASON_MAX 4096
@@ -54,18 +56,25 @@ int queue_job_insert_tx(struct store_tx *tx, const char *agent, const char *app,
 			const char *rollout, char *id_out, struct queue_wake *w)
 {
 	int64_t now = clock_wall_ms();
-	sqlite3_stmt *st = store_stmt(tx, "UPDATE jobs SET state = 'done', result = 'cancelled', "
-					  "reason = 'replaced by a newer generation', done_ms = ? "
-					  "WHERE agent = ? AND app = ? AND state = 'queued' AND "
-					  "generation < ?");
-	if (!st)
+	/* One-off runs (runs.h) neither replace nor are replaced by generations. */
+	sqlite3_stmt *st = strcmp(type, "run") == 0
+				   ? NULL
+				   : store_stmt(tx, "UPDATE jobs SET state = 'done', "
+						    "result = 'cancelled', "
+						    "reason = 'replaced by a newer generation', "
+						    "done_ms = ? WHERE agent = ? AND app = ? AND "
+						    "state = 'queued' AND generation < ? AND "
+						    "type != 'run'");
+	if (!st && strcmp(type, "run") != 0)
 		return -1;
-	sqlite3_bind_int64(st, 1, now);
-	sqlite3_bind_text(st, 2, agent, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, app, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, generation);
-	if (store_step(tx, st) != SQLITE_DONE)
-		return -1;
+	if (st) {
+		sqlite3_bind_int64(st, 1, now);
+		sqlite3_bind_text(st, 2, agent, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, app, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 4, generation);
+		if (store_step(tx, st) != SQLITE_DONE)
+			return -1;
+	}
 	char id[32];
 	if (auth_new_id(id, sizeof id, "j_") < 0)
 		return err_set(&tx->err, "no randomness");
@@ -206,6 +215,9 @@ int queue_lease_tx(struct store_tx *tx, struct coord *c, const char *agent, int 
 		else
 			cJSON_AddNullToObject(j, "release");
 		cJSON_AddItemToArray(jobs, j);
+		if (strcmp(r->type, "run") == 0 &&
+		    runs_job_leased_tx(tx, r->id, r->attempt + 1, j) < 0)
+			return -1;
 	}
 	return 0;
 }
@@ -408,6 +420,9 @@ int queue_ack_tx(struct store_tx *tx, struct coord *c, const char *agent, const 
 			else if (!busy)
 				rc = rollout_step_tx(tx, c, row.rollout, w);
 		}
+		if (rc == 0 && strcmp(row.type, "run") == 0)
+			rc = runs_job_done_tx(tx, c, job, ack->result, ack->exit_code, ack->reason,
+					      ack->output_tail, w);
 	}
 	free(row.leases);
 	return rc;
@@ -468,6 +483,9 @@ struct expired_row {
 
 int queue_expire_tx(struct store_tx *tx, struct coord *c, int64_t now_ms, struct queue_wake *w)
 {
+	/* Run jobs first: they end at their first expiry (at most once). */
+	if (runs_expire_tx(tx, c, now_ms, w) < 0)
+		return -1;
 	sqlite3_stmt *st = store_stmt(tx, "SELECT id, agent, app, attempt, coalesce(rollout, '') "
 					  "FROM jobs WHERE state = 'leased' AND lease_expires_ms <= ? "
 					  "LIMIT 1000");
@@ -742,6 +760,10 @@ static void wake_one(struct queue *q, struct agent *ag)
 
 void queue_wake_agent(struct queue *q, const char *agent_id)
 {
+	if (q && q->c->sqsqueue) { /* queue.backend = sqs: jobs travel through SQS */
+		sqsqueue_wake(q->c->sqsqueue, agent_id);
+		return;
+	}
 	if (q && q->c->agents)
 		wake_one(q, agents_find(q->c->agents, agent_id));
 }
@@ -993,7 +1015,7 @@ static void ack_job(struct server_req *r, void *arg)
 	if (!body)
 		return;
 	struct err err;
-	struct queue_ack ack = {.generation = -1, .duration_ms = -1};
+	struct queue_ack ack = {.generation = -1, .duration_ms = -1, .exit_code = -1};
 	if (json_get_string(body, NULL, "lease_id", 64, &ack.lease_id, &err) < 0 ||
 	    json_get_string(body, NULL, "result", 16, &ack.result, &err) < 0 ||
 	    json_get_int_opt(body, NULL, "generation", 0, JSON_INT_LIMIT, -1, &ack.generation,
@@ -1002,7 +1024,8 @@ static void ack_job(struct server_req *r, void *arg)
 	    json_get_string_opt(body, NULL, "output_tail", (size_t)256 << 10, NULL,
 				&ack.output_tail, &err) < 0 ||
 	    json_get_int_opt(body, NULL, "duration_ms", 0, JSON_INT_LIMIT, -1, &ack.duration_ms,
-			     &err) < 0) {
+			     &err) < 0 ||
+	    json_get_int_opt(body, NULL, "exit_code", 0, 255, -1, &ack.exit_code, &err) < 0) {
 		cJSON_Delete(body);
 		server_respond_error(r, 400, "bad_request", "%s", err.msg);
 		return;

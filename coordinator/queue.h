@@ -95,6 +95,7 @@ struct queue_ack {
 	const char *reason;       /* may be NULL */
 	const char *output_tail;  /* may be NULL */
 	int64_t duration_ms;      /* -1: not given */
+	int64_t exit_code;        /* run jobs: the container's exit status; -1: not given */
 };
 
 /* Leases up to max queued jobs of agent into jobs (a cJSON array of job

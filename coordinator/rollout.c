@@ -10,6 +10,7 @@
 #include "coord.h"
 #include "log.h"
 #include "queue.h"
+#include "runs.h"
 #include "slack.h"
 #include "store.h"
 
@@ -228,6 +229,17 @@ static int supersede_running(struct store_tx *tx, const char *app, const char *b
 	return rc;
 }
 
+static int set_desired(struct store_tx *tx, const char *app, int64_t gen, const char *release)
+{
+	sqlite3_stmt *st = store_stmt(tx, "UPDATE apps SET generation = ?, release = ? WHERE name = ?");
+	if (!st)
+		return -1;
+	sqlite3_bind_int64(st, 1, gen);
+	sqlite3_bind_text(st, 2, release, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, app, -1, SQLITE_STATIC);
+	return store_step(tx, st) == SQLITE_DONE ? 0 : -1;
+}
+
 /* The common start: new generation, rollout row, jobs for `targets` (NULL: by
  * strategy from the fleet). */
 static int start(struct store_tx *tx, struct coord *c, const char *app, const char *release,
@@ -328,6 +340,10 @@ static int step(struct store_tx *tx, struct coord *c, const char *rid, struct qu
 	int rc = rollout_load(tx, rid, &r);
 	if (rc <= 0 || strcmp(r.state, "running") != 0)
 		return rc < 0 ? -1 : 0;
+	/* Waiting for its release command: runs.c moves it on. */
+	rc = runs_rollout_waiting_tx(tx, rid);
+	if (rc != 0)
+		return rc < 0 ? -1 : 0;
 	struct app_row a;
 	rc = app_load(tx, r.app, &a);
 	if (rc < 0)
@@ -423,13 +439,12 @@ static int start(struct store_tx *tx, struct coord *c, const char *app, const ch
 	if (supersede_running(tx, app, rid) < 0)
 		return -1;
 	int64_t gen = a.generation + 1;
-	st = store_stmt(tx, "UPDATE apps SET generation = ?, release = ? WHERE name = ?");
-	if (!st)
+	/* A release command runs first: the app keeps its generation and release
+	 * until it exits 0 (rollout_release_phase_done_tx). */
+	int phase = targets ? 0 : runs_release_phase_wanted_tx(tx, release, trigger);
+	if (phase < 0)
 		return -1;
-	sqlite3_bind_int64(st, 1, gen);
-	sqlite3_bind_text(st, 2, release, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, app, -1, SQLITE_STATIC);
-	if (store_step(tx, st) != SQLITE_DONE)
+	if (!phase && set_desired(tx, app, gen, release) < 0)
 		return -1;
 	st = store_stmt(tx, "INSERT INTO rollouts(id, app, release, previous_release, generation, "
 			    "strategy, trigger, state, started_ms) VALUES (?, ?, ?, ?, ?, ?, ?, "
@@ -451,6 +466,20 @@ static int start(struct store_tx *tx, struct coord *c, const char *app, const ch
 		return -1;
 	if (strcmp(trigger, "revert") != 0 && release_status(tx, release, "pending") < 0)
 		return -1;
+	if (rid_out)
+		snprintf(rid_out, ROLLOUT_ID_MAX, "%s", rid);
+	if (gen_out)
+		*gen_out = gen;
+	if (phase)
+		return rollout_event_tx(tx, app, "rollout.started",
+					"rollout=%s release=%s previous=%s generation=%lld "
+					"strategy=%s trigger=%s release_command=first",
+					rid, release, prev[0] ? prev : "-", (long long)gen, strategy,
+					trigger) < 0 ||
+				       runs_release_phase_tx(tx, c, app, release, rid, gen, trigger,
+							     w) < 0
+			       ? -1
+			       : 0;
 	struct idlist chosen = {0};
 	const struct idlist *jobs_for = targets;
 	if (!targets) {
@@ -471,10 +500,6 @@ static int start(struct store_tx *tx, struct coord *c, const char *app, const ch
 			     rid, release, prev[0] ? prev : "-", (long long)gen, strategy, trigger,
 			     n) < 0)
 		return -1;
-	if (rid_out)
-		snprintf(rid_out, ROLLOUT_ID_MAX, "%s", rid);
-	if (gen_out)
-		*gen_out = gen;
 	/* Nothing to wait for (no live agent): settle at once. */
 	return n == 0 ? step(tx, c, rid, w, depth) : 0;
 }
@@ -485,6 +510,50 @@ int rollout_start_tx(struct store_tx *tx, struct coord *c, const char *app,
 {
 	return start(tx, c, app, release_id, NULL, trigger, NULL, NULL, rollout_id, generation, w,
 		     0);
+}
+
+int rollout_release_phase_done_tx(struct store_tx *tx, struct coord *c, const char *rollout_id,
+				   int ok, const char *reason, struct queue_wake *w)
+{
+	struct rollout_row r;
+	int rc = rollout_load(tx, rollout_id, &r);
+	if (rc <= 0 || strcmp(r.state, "running") != 0)
+		return rc < 0 ? -1 : 0; /* superseded meanwhile: nothing waits */
+	struct app_row a;
+	rc = app_load(tx, r.app, &a);
+	if (rc < 0)
+		return -1;
+	if (!ok) {
+		char why[700];
+		snprintf(why, sizeof why, "release command: %.600s", reason ? reason : "failed");
+		slack_rollout_ended(c, rollout_id); /* read and sent after this commit */
+		return rollout_end(tx, rollout_id, "failed", why) < 0 ||
+				       release_status(tx, r.release, "failed") < 0 ||
+				       rollout_event_tx(tx, r.app, "rollout.failed",
+							"rollout=%s release=%s reason=\"%s\"",
+							rollout_id, r.release, why) < 0
+			       ? -1
+			       : 0;
+	}
+	if (rc == 0 || a.generation >= r.generation)
+		return rollout_end(tx, rollout_id, "superseded",
+				   "a newer generation of the app exists") < 0 ? -1 : 0;
+	if (set_desired(tx, r.app, r.generation, r.release) < 0)
+		return -1;
+	struct idlist chosen = {0};
+	int limit = strcmp(r.strategy, "all") == 0 ? 1000000 : 1;
+	if (fresh_agents(tx, a.fleet, rollout_id, limit, &chosen) < 0 ||
+	    queue_jobs(tx, &chosen, r.app, r.generation, r.release, rollout_id, w) < 0) {
+		idlist_free(&chosen);
+		return -1;
+	}
+	size_t n = chosen.n;
+	idlist_free(&chosen);
+	if (rollout_event_tx(tx, r.app, "rollout.progress",
+			     "rollout=%s release=%s release_command=succeeded agents=%zu", rollout_id,
+			     r.release, n) < 0)
+		return -1;
+	return n == 0 ? step(tx, c, rollout_id, w, 0) : 0;
 }
 
 int rollout_has_pending_tx(struct store_tx *tx, const char *rollout_id)
@@ -600,7 +669,7 @@ int rollout_agent_joined_tx(struct store_tx *tx, struct coord *c, const char *ag
 				continue;
 		}
 		st = store_stmt(tx, "SELECT 1 FROM jobs WHERE agent = ? AND app = ? AND "
-				    "state != 'done' AND generation >= ? LIMIT 1");
+				    "state != 'done' AND generation >= ? AND type != 'run' LIMIT 1");
 		if (!st) {
 			rc = -1;
 			break;

@@ -11,7 +11,11 @@
  *   one-at-a-time  one agent; the next when it succeeded;
  *   canary         one agent; every other live agent when it succeeded.
  * With no live agent the rollout succeeds at once (new agents get the release
- * when they register).
+ * when they register). A release whose manifest has a `release` command
+ * (triggers build, promote, env) runs it first on one agent (runs.h): the
+ * rollout row exists but the app keeps its generation and release, and no
+ * deploy job is queued, until the command exits 0; a failure fails the
+ * rollout and the release with the reason.
  *
  * rollout_step_tx re-evaluates a running rollout from the store alone (its
  * jobs and the agents' states), so it can run after any change and after a
@@ -56,6 +60,13 @@ int rollout_start_tx(struct store_tx *tx, struct coord *c, const char *app,
 /* Re-evaluates one rollout (no-op unless running). */
 int rollout_step_tx(struct store_tx *tx, struct coord *c, const char *rollout_id,
 		    struct queue_wake *w);
+
+/* The release command of a rollout that waits for it (runs.h) ended: ok
+ * queues the deploy jobs by strategy (the app takes the rollout's generation
+ * and release now); otherwise the rollout and its release fail with reason
+ * and the app keeps what it runs. No-op unless the rollout is running. */
+int rollout_release_phase_done_tx(struct store_tx *tx, struct coord *c, const char *rollout_id,
+				  int ok, const char *reason, struct queue_wake *w);
 
 /* 1 when a job of the rollout is still queued or leased by a live agent (its
  * state cannot have changed by a success), 0 when none, -1 on error. */

@@ -3,6 +3,8 @@
 #include <stdio.h>
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+static const char *const registry_kinds[] = {"plain", "ecr", NULL};
+static const char *const queue_backends[] = {"embedded", "sqs", NULL};
 
 const struct config_key coord_settings[] = {
 	/* Server */
@@ -56,6 +58,26 @@ const struct config_key coord_settings[] = {
 	 .help = "Leases a job may expire before it fails", .min = 1, .max = 100},
 	{.name = "queue.poll_wait_max", .type = CONFIG_DURATION, .default_value = "30s",
 	 .help = "Longest a job poll is held open", .min = 0, .max = 60000},
+	/* The SQS backend (coordinator/sqsqueue.h) */
+	{.name = "queue.backend", .type = CONFIG_ENUM, .default_value = "embedded",
+	 .help = "embedded (agents long-poll the coordinator) or sqs (one SQS queue per agent)",
+	 .choices = queue_backends},
+	{.name = "queue.sqs_region", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "AWS region of the agents' SQS queues (queue.backend = sqs)", .max = 64},
+	{.name = "queue.sqs_endpoint", .type = CONFIG_URL, .default_value = NULL,
+	 .help = "SQS endpoint (default: https://sqs.<queue.sqs_region>.amazonaws.com)"},
+	{.name = "queue.sqs_prefix", .type = CONFIG_STRING, .default_value = "slipway-",
+	 .help = "Queue names are <prefix><instance id>; the orphan sweep deletes queues under "
+		 "this prefix that no live agent owns: give each coordinator its own", .max = 56},
+	{.name = "queue.sqs_sweep_interval", .type = CONFIG_DURATION, .default_value = "10m",
+	 .help = "How often orphaned queues are looked for (0: never)", .min = 0,
+	 .max = 86400000},
+	{.name = "queue.sqs_lost_grace", .type = CONFIG_DURATION, .default_value = "1h",
+	 .help = "A lost agent's queue is deleted after this long (it registers again if it "
+		 "comes back)", .min = 0, .max = (int64_t)30 * 86400000},
+	{.name = "queue.sqs_concurrency", .type = CONFIG_INT, .default_value = "64",
+	 .help = "Agents sent to at once (SendMessageBatch calls in flight)", .min = 1,
+	 .max = 4096},
 
 	/* Builds */
 	{.name = "builds.concurrency", .type = CONFIG_INT, .default_value = "2",
@@ -78,6 +100,20 @@ const struct config_key coord_settings[] = {
 	 .help = "Registry user (unset: no authentication)", .max = 255},
 	{.name = "registry.password", .type = CONFIG_SECRET, .default_value = NULL,
 	 .help = "Registry password"},
+	{.name = "registry.kind", .type = CONFIG_ENUM, .default_value = "plain",
+	 .help = "plain (registry.host, optional username/password) or ecr (Amazon ECR: the app's "
+		 "repository is created, pushes log in with GetAuthorizationToken)",
+	 .choices = registry_kinds},
+	{.name = "registry.region", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "AWS region of the ECR registry (registry.kind = ecr)", .max = 64},
+	{.name = "registry.account", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "AWS account (12 digits) of the ECR registry; registry.host defaults to "
+		 "<account>.dkr.ecr.<region>.amazonaws.com", .max = 12},
+	{.name = "registry.endpoint", .type = CONFIG_URL, .default_value = NULL,
+	 .help = "ECR API endpoint (default: https://api.ecr.<region>.amazonaws.com)"},
+	{.name = "registry.repository_prefix", .type = CONFIG_STRING, .default_value = NULL,
+	 .help = "Images go to <registry.host>/<prefix><app> (default: \"slipway/\" with ECR, "
+		 "the name the IAM policies of init/aws allow; \"\" otherwise)", .max = 128},
 	{.name = "docker.socket", .type = CONFIG_PATH, .default_value = "/var/run/docker.sock",
 	 .help = "Docker Engine API socket the builder uses"},
 	{.name = "git.ssh", .type = CONFIG_PATH, .default_value = "ssh",

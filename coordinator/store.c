@@ -195,6 +195,32 @@ static const char *const migrations[] = {
 	"  message TEXT NOT NULL);"
 	"CREATE INDEX logs_app_ts ON logs(app, ts_ms);"
 	"CREATE INDEX logs_app_id ON logs(app, id);",
+
+	/* 2: one-off containers (`slipway run`, the manifest's release command):
+	 * coordinator/runs.h. */
+	"CREATE TABLE runs ("
+	"  id TEXT PRIMARY KEY,"               /* run-<hex>: also the log stream's service */
+	"  app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,"
+	"  service TEXT NOT NULL,"
+	"  release TEXT NOT NULL,"
+	"  command TEXT NOT NULL,"             /* JSON array of strings */
+	"  kind TEXT NOT NULL CHECK (kind IN ('run', 'release')),"
+	"  rollout TEXT,"                      /* release: the rollout waiting for it */
+	"  agent TEXT,"
+	"  job TEXT,"
+	"  timeout_s INTEGER NOT NULL,"
+	"  state TEXT NOT NULL DEFAULT 'queued'"
+	"    CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),"
+	"  exit_code INTEGER,"
+	"  reason TEXT,"
+	"  output_tail TEXT,"
+	"  who TEXT NOT NULL DEFAULT '',"
+	"  created_ms INTEGER NOT NULL,"
+	"  started_ms INTEGER,"
+	"  ended_ms INTEGER);"
+	"CREATE INDEX runs_app ON runs(app, created_ms);"
+	"CREATE INDEX runs_job ON runs(job);"
+	"CREATE INDEX runs_rollout ON runs(rollout);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))

@@ -7,13 +7,14 @@
 #                                Debian's musl source with gcc-aarch64-linux-gnu)
 #
 # The libraries (zlib, mbedTLS, libcurl HTTP-only on mbedTLS, cJSON, libev,
-# http-parser; musl too for aarch64) come from `apt-get source` at exactly the
-# versions pinned in cross/versions, with Debian's patches applied. They are
-# built once into build/cross/ARCH/deps-KEY/, KEY being a hash of
-# cross/versions, this script, the architecture and the compiler, so a second
-# run only rebuilds the agent's own sources. Nothing is fetched from anywhere
-# but the machine's Debian apt sources; nothing lands outside build/cross/
-# except the deb-src entry and the build dependencies this script installs.
+# http-parser, expat; musl too for aarch64) come from `apt-get source` at
+# exactly the versions pinned in cross/versions, with Debian's patches
+# applied. They are built once into build/cross/ARCH/deps-KEY/, KEY being a
+# hash of cross/versions, this script, the architecture and the compiler, so
+# a second run only rebuilds the agent's own sources. Nothing is fetched from
+# anywhere but the machine's Debian apt sources; nothing lands outside
+# build/cross/ except the deb-src entry and the build dependencies this script
+# installs.
 #
 # Environment: CROSS_DIR (default build/cross), JOBS (default nproc),
 # KEEP_WORK=1 keeps the unpacked library sources after a successful build.
@@ -74,7 +75,9 @@ as_root() {
 
 # ---- build dependencies (Debian packages) ----
 
-packages=(dpkg-dev file make gcc binutils patch xz-utils bzip2)
+# autoconf, automake, libtool: expat's source has no configure script; Debian
+# generates it (buildconf.sh) and so do we.
+packages=(dpkg-dev file make gcc binutils patch xz-utils bzip2 autoconf automake libtool)
 case $arch in
 x86_64) packages+=(musl-tools) ;;
 aarch64) packages+=(gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user-static) ;;
@@ -171,7 +174,7 @@ while read -r name version opts; do
 	case ${opts:-} in '' | '#'*) ;; skip=*) pin_skip[$name]=${opts#skip=} ;;
 	*) die "cross/versions: $name: unknown option \"$opts\"" ;; esac
 done <"$versions_file"
-for name in musl zlib mbedtls curl cjson libev http-parser; do
+for name in musl zlib mbedtls curl cjson libev http-parser expat; do
 	[ -n "${pin_version[$name]:-}" ] || die "cross/versions: $name is not pinned"
 done
 
@@ -371,6 +374,26 @@ build_http_parser() {
 	install -D -m644 libhttp_parser.a "$deps/lib/libhttp_parser.a"
 }
 
+# The tarball is upstream's git tag: the library lives in expat/ and has no
+# configure script. As debian/rules does, buildconf.sh makes one (Debian's
+# CVE backports test `#if XML_DTD == 1`, which only the autotools config
+# header satisfies, so CMake is not an option). Only lib/ is built: no
+# xmlwf, examples, tests or man page. XML_DTD stays on as in Debian's build
+# (slipway refuses every DOCTYPE anyway); getrandom is found in musl.
+build_expat() {
+	unpack expat
+	cd "$adir/work/expat/expat"
+	./buildconf.sh
+	./configure --host="$triple" --build="$build_triple" --prefix="$deps" \
+		--disable-shared --enable-static --disable-dependency-tracking \
+		--without-docbook --without-xmlwf --without-examples --without-tests \
+		CC="$CC" AR="$AR" RANLIB="$RANLIB" CFLAGS="$LIBCFLAGS"
+	grep -q '^#define HAVE_GETRANDOM 1' expat_config.h || die "expat: configure found no getrandom"
+	make -j"$jobs" -C lib
+	install -D -m644 -t "$deps/include" lib/expat.h lib/expat_external.h
+	install -D -m644 lib/.libs/libexpat.a "$deps/lib/libexpat.a"
+}
+
 # ---- build the libraries, or take them from the cache ----
 
 if [ -f "$deps/.complete" ]; then
@@ -388,8 +411,8 @@ else
 	t_libs=$(date +%s.%N)
 	rm -rf "$deps" "$adir/work"
 	mkdir -p "$srcdir" "$deps"
-	if [ "$arch" = x86_64 ]; then libs=(zlib mbedtls curl cjson libev http-parser)
-	else libs=(musl zlib mbedtls curl cjson libev http-parser); fi
+	if [ "$arch" = x86_64 ]; then libs=(zlib mbedtls curl cjson libev http-parser expat)
+	else libs=(musl zlib mbedtls curl cjson libev http-parser expat); fi
 	missing=()
 	for name in "${libs[@]}"; do [ -f "$(dsc_path "$name")" ] || missing+=("$name"); done
 	if [ ${#missing[@]} -gt 0 ]; then

@@ -11,6 +11,7 @@ function component(f) {
 	if (f ~ /libcjson\.a\(/) return "cJSON"
 	if (f ~ /libev\.a\(/) return "libev"
 	if (f ~ /libhttp_parser\.a\(/) return "http-parser"
+	if (f ~ /libexpat\.a\(/) return "expat"
 	if (f ~ /\/libgcc(_eh)?\.a\(/ || f ~ /\/crt(begin|end)[^\/]*\.o$/) return "libgcc"
 	if (f ~ /\/lib(c|pthread|m)\.a\(/ || f ~ /\/(S?crt1|crti|crtn|rcrt1)\.o$/) return "musl libc"
 	if (f ~ /\/libagent\.a\(/ || f ~ /\/agent\/main\.o$/) return "agent/*.c"

@@ -308,7 +308,7 @@ def iam(r):
                  "Resource": [LOG_GROUPS, LOG_STREAMS]},
                 {"Sid": "OwnJobQueue", "Effect": "Allow",
                  "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage",
-                            "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"],
+                            "sqs:ChangeMessageVisibility"],
                  "Resource": QUEUES},
                 {"Sid": "PullImages", "Effect": "Allow",
                  "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
@@ -337,14 +337,12 @@ def iam(r):
                  "Resource": [LOG_GROUPS, LOG_STREAMS]},
                 {"Sid": "AgentJobQueues", "Effect": "Allow",
                  "Action": ["sqs:CreateQueue", "sqs:DeleteQueue", "sqs:GetQueueUrl",
-                            "sqs:GetQueueAttributes", "sqs:SetQueueAttributes",
-                            "sqs:SendMessage", "sqs:TagQueue", "sqs:ListQueueTags"],
+                            "sqs:SendMessage", "sqs:TagQueue"],
                  "Resource": QUEUES},
                 {"Sid": "FindOrphanedQueues", "Effect": "Allow",
                  "Action": ["sqs:ListQueues"], "Resource": "*"},
                 {"Sid": "PushImages", "Effect": "Allow",
-                 "Action": ["ecr:CreateRepository", "ecr:DescribeRepositories",
-                            "ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload",
+                 "Action": ["ecr:CreateRepository", "ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload",
                             "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage",
                             "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
                  "Resource": REPOSITORIES},
@@ -505,9 +503,19 @@ write_files:
       agents.aws_roles = "${AgentRole}"
       agents.aws_server_id = "${AWS::StackName}"
       agents.sts_endpoint = "https://sts.${AWS::Region}.${AWS::URLSuffix}"
+      # Jobs travel through one SQS queue per agent (slipway-<instance id>),
+      # created when the agent registers.
+      queue.backend = "sqs"
+      queue.sqs_region = "${AWS::Region}"
       # `slipway logs` reads the apps' log groups in CloudWatch Logs.
       logs.cloudwatch_region = "${AWS::Region}"
       logs.group_prefix = "%(logs)s"
+      # Images: the app's repository %(repos)s<app> in this account's ECR (created
+      # at its first build), pushed with GetAuthorizationToken logins.
+      registry.kind = "ecr"
+      registry.region = "${AWS::Region}"
+      registry.account = "${AWS::AccountId}"
+      registry.repository_prefix = "%(repos)s"
 
   - path: /usr/local/lib/slipway/coordinator-bootstrap.sh
     owner: root:root
@@ -545,7 +553,7 @@ write_files:
 
 runcmd:
   - [/bin/sh, /usr/local/lib/slipway/coordinator-bootstrap.sh]
-""" % {"port": COORD_PORT, "logs": LOG_PREFIX}
+""" % {"port": COORD_PORT, "logs": LOG_PREFIX, "repos": REPO_PREFIX}
 
 
 def agents(r):

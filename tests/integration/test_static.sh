@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The static agent that `make static` builds (cross/, docs/static-build.md).
 # This test builds nothing (the libraries take minutes): an architecture whose
-# build/cross/ARCH/slipway-agent is missing is skipped.
+# build/cross/ARCH/slipway-agent is missing is skipped; when both are missing
+# under CI=true (.ci/run builds them first) that is a failure.
 #
 #   x86_64:  `file` says statically linked; at most 1,500,000 bytes; selftest;
 #            over HTTPS to a coordinator (tests/fakes/coordinator.py behind
@@ -28,6 +29,12 @@ TOKEN=static-test-token
 plan=0
 [ -f "$x86" ] && plan=$((plan + 6))
 [ -f "$arm" ] && plan=$((plan + 2))
+if [ $plan -eq 0 ] && [ "${CI:-}" = "true" ]; then
+	# .ci/run builds both before the tests: missing here means that broke.
+	echo "1..1"
+	echo "not ok 1 - no static agent in $build/cross (CI=true: .ci/run builds them first)"
+	exit 1
+fi
 if [ $plan -eq 0 ]; then
 	echo "1..0 # SKIP no static agent in $build/cross (make static [ARCH=aarch64] builds it)"
 	exit 0

@@ -4,6 +4,11 @@
  * bytes, invalid UTF-8, depth), the error document of STS/Auto Scaling and
  * of EC2, the error classes, and form bodies. The signed client is tested
  * against tests/fakes/autoscaling.py in test_autoscaling.c.
+ *
+ * The reader is libexpat with refusing handlers: syntax errors carry expat's
+ * own wording ("mismatched tag", "not well-formed (invalid token)") with a
+ * line and column; the refusals of our own (DTD, CDATA, processing
+ * instructions, duplicates, depth, control bytes, UTF-8) keep ours.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -108,21 +113,21 @@ static void test_xml_refusals(void **state)
 	REFUSED("<R><?pi x?><B>x</B></R>", "processing");
 	REFUSED("<R><B>a</B><B>b</B></R>", "more than once");
 	REFUSED("<R><B/><B>b</B></R>", "more than once");
-	REFUSED("<R><B>x</C></R>", "does not match");
-	REFUSED("<R><B>x</B>", "not closed");
-	REFUSED("<R><B>x</B></R><R/>", "more than one root");
-	REFUSED("junk<R><B>x</B></R>", "outside the root");
-	REFUSED("<R><B>&unknown;</B></R>", "unknown entity");
-	REFUSED("<R><B>&#0;</B></R>", "forbids");
-	REFUSED("<R><B>&#xD800;</B></R>", "forbids");
-	REFUSED("<R><B>&#x110000;</B></R>", "range");
+	REFUSED("<R><B>x</C></R>", "mismatched tag");
+	REFUSED("<R><B>x</B>", "no element found");
+	REFUSED("<R><B>x</B></R><R/>", "junk after document element");
+	REFUSED("junk<R><B>x</B></R>", "not well-formed");
+	REFUSED("<R><B>&unknown;</B></R>", "undefined entity");
+	REFUSED("<R><B>&#0;</B></R>", "invalid character number");
+	REFUSED("<R><B>&#xD800;</B></R>", "invalid character number");
+	REFUSED("<R><B>&#x110000;</B></R>", "invalid character number");
 	REFUSED("<R><B>a & b</B></R>", NULL);
 	REFUSED("<R><B>\x01</B></R>", "control");
 	REFUSED("<R><B>\xC3\x28</B></R>", "UTF-8");
-	REFUSED("<R><B k=v>x</B></R>", "quotes");
-	REFUSED("<R><B k=\"a<b\">x</B></R>", "attribute");
-	REFUSED("<R><B k=\"1\"j=\"2\">x</B></R>", "separated");
-	REFUSED("<R><1B>x</1B></R>", "name");
+	REFUSED("<R><B k=v>x</B></R>", "not well-formed");
+	REFUSED("<R><B k=\"a<b\">x</B></R>", "not well-formed");
+	REFUSED("<R><B k=\"1\"j=\"2\">x</B></R>", "not well-formed");
+	REFUSED("<R><1B>x</1B></R>", "not well-formed");
 	REFUSED("", "empty");
 	refused("<R><B>x\0</B></R>", 13, "NUL");
 #undef REFUSED
@@ -235,12 +240,87 @@ static void test_form(void **state)
 			 -1);
 }
 
+/* What changed with expat: documents the old reader took and expat refuses
+ * (or reads differently), the DTD attacks, and where an error is. */
+static void test_xml_expat(void **state)
+{
+	(void)state;
+	char out[64];
+	struct err err;
+#define REFUSED(s, why) refused(s, LEN(s), why)
+	/* Entity attacks never get past the DOCTYPE: billion laughs (from the
+	 * well-known example), an external entity (XXE), an external DTD. */
+	REFUSED("<?xml version=\"1.0\"?><!DOCTYPE lolz [<!ENTITY lol \"lol\">"
+		"<!ENTITY lol2 \"&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;\">"
+		"<!ENTITY lol3 \"&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;\">]>"
+		"<R><B>&lol3;</B></R>",
+		"DTD");
+	REFUSED("<!DOCTYPE R [<!ENTITY x SYSTEM \"file:///etc/passwd\">]><R><B>&x;</B></R>", "DTD");
+	REFUSED("<!DOCTYPE R SYSTEM \"http://127.0.0.1:1/r.dtd\"><R><B>x</B></R>", "DTD");
+	REFUSED("<!DOCTYPE R><R><B>x</B></R>", "DTD");
+	/* XML 1.0 rules the old reader did not check. */
+	REFUSED("<R><B k=\"1\" k=\"2\">x</B></R>", "duplicate attribute");
+	REFUSED("<R><B>a]]>b</B></R>", "not well-formed");
+	REFUSED(" <?xml version=\"1.0\"?><R><B>x</B></R>", "declaration not at start");
+	REFUSED("<R><B>\xEF\xBF\xBE</B></R>", "not well-formed"); /* U+FFFE */
+	REFUSED("<R><B:>x</B:></R>", "ends with ':'");
+	/* A document that says it is not UTF-8 is refused, not transcoded. */
+	REFUSED("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><R><B>x</B></R>", "encoding");
+	REFUSED("<?xml version=\"1.0\" encoding=\"UTF-16\"?><R><B>x</B></R>", "encoding");
+	const char u8[] = "<?xml version=\"1.0\" encoding=\"utf-8\"?><R><B>\xC3\xA9</B></R>";
+	assert_int_equal(awsquery_xml_text(u8, LEN(u8), "R/B", out, sizeof out, &err), 1);
+	assert_string_equal(out, "\xC3\xA9");
+	/* Names up to AWSQUERY_NAME_MAX bytes. */
+	char longname[600];
+	snprintf(longname, sizeof longname, "<R><%0*d/></R>", AWSQUERY_NAME_MAX + 1, 0);
+	longname[4] = 'n';
+	refused(longname, strlen(longname), "longer than");
+	/* Line ends in text come back as "\n" (XML 1.0, 2.11). */
+	const char crlf[] = "<R><B>a\r\nb\rc</B></R>";
+	assert_int_equal(awsquery_xml_text(crlf, LEN(crlf), "R/B", out, sizeof out, &err), 1);
+	assert_string_equal(out, "a\nb\nc");
+	/* A character reference beyond the BMP, and references in attributes. */
+	const char astral[] = "<R a=\"&#38;&lt;\"><B>&#x1F600;&#97;</B></R>";
+	assert_int_equal(awsquery_xml_text(astral, LEN(astral), "R/B", out, sizeof out, &err), 1);
+	assert_string_equal(out, "\xF0\x9F\x98\x80" "a");
+	/* Entities decode once: "&amp;lt;" is the text "&lt;". */
+	const char twice[] = "<R><B>&amp;lt;</B></R>";
+	assert_int_equal(awsquery_xml_text(twice, LEN(twice), "R/B", out, sizeof out, &err), 1);
+	assert_string_equal(out, "&lt;");
+	/* A refusal after the element was read clears what was read. */
+	const char late[] = "<R><B>x</B><![CDATA[y]]></R>";
+	strcpy(out, "stale");
+	assert_int_equal(awsquery_xml_text(late, LEN(late), "R/B", out, sizeof out, &err), -1);
+	assert_string_equal(out, "");
+	assert_non_null(strstr(err.msg, "CDATA"));
+	/* Expat's errors say where. */
+	const char where[] = "<R>\n  <B>x</C></R>";
+	assert_int_equal(awsquery_xml_text(where, LEN(where), "R/B", out, sizeof out, &err), -1);
+	assert_non_null(strstr(err.msg, "mismatched tag at line 2, column"));
+	/* Text split around comments and entities is one value. */
+	const char split[] = "<R><B>a<!-- c -->b&amp;c</B></R>";
+	assert_int_equal(awsquery_xml_text(split, LEN(split), "R/B", out, sizeof out, &err), 1);
+	assert_string_equal(out, "ab&c");
+	/* err may be NULL. */
+	assert_int_equal(awsquery_xml_text(late, LEN(late), "R/B", out, sizeof out, NULL), -1);
+	assert_int_equal(awsquery_xml_root("<R", 2, out, sizeof out, NULL), -1);
+#undef REFUSED
+	/* An error document with a DTD is not read as one. */
+	char code[64], msg[256];
+	const char dtd[] = "<!DOCTYPE ErrorResponse [<!ENTITY c \"AccessDenied\">]><ErrorResponse>"
+			   "<Error><Code>&c;</Code></Error></ErrorResponse>";
+	awsquery_parse_error(dtd, LEN(dtd), code, sizeof code, msg, sizeof msg);
+	assert_string_equal(code, "");
+	assert_memory_equal(msg, "<!DOCTYPE ErrorResponse", 23);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_xml_paths),
 		cmocka_unit_test(test_xml_text_rules),
 		cmocka_unit_test(test_xml_refusals),
+		cmocka_unit_test(test_xml_expat),
 		cmocka_unit_test(test_error_documents),
 		cmocka_unit_test(test_form),
 	};

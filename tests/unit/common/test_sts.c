@@ -374,6 +374,8 @@ static void test_identity(void **state)
 	struct sts_identity x = {0};
 	assert_int_equal(sts_parse_arn("arn:aws:sts::12345678901:assumed-role/r/s1", &x, &err), -1);
 	assert_int_equal(sts_parse_arn("arn:aws:sts::123456789012:assumed-role/r", &x, &err), -1);
+	/* Found by fuzz_awsquery: no slash after the resource type. */
+	assert_int_equal(sts_parse_arn("arn:aws:sts::123456789012:assumed-role", &x, &err), -1);
 	assert_int_equal(sts_parse_arn("arn:aws:sts::123456789012:assumed-role/r/s 1", &x, &err),
 			 -1);
 	assert_int_equal(sts_parse_arn("arn:aws:s3:::bucket", &x, &err), -1);

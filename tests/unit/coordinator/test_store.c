@@ -90,7 +90,7 @@ static void test_migrates_and_persists(void **state)
 	struct err err;
 	struct store *s = store_open(loop, dbpath, &err);
 	assert_non_null(s);
-	assert_int_equal(store_schema_version(s), 1);
+	assert_int_equal(store_schema_version(s), 2); /* 2: runs */
 	assert_int_equal(store_run(s, insert_event, "one", &err), 0);
 	store_close(s);
 
