@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "awsretry.h"
 #include "backoff.h"
 #include "buf.h"
 #include "clock.h"
@@ -33,10 +34,11 @@ struct jcall {
 	char *body;
 	size_t len;
 	int64_t timeout_ms;
+	size_t max_answer;
+	struct awsretry_limits lim;
+	struct awsretry rs;
+	bool raw_answer;
 	int64_t started_mono;
-	int fails;               /* retryable failures in a row */
-	bool creds_retried;
-	bool skew_retried;
 	bool waiting_creds;
 	bool timer_on;
 	uint64_t http_id;
@@ -61,12 +63,16 @@ struct awsjson {
 	char target_prefix[64];
 	char content_type[64];
 	char service[32];
+	char ev_creds[64];       /* log event names */
+	char ev_skew[64];
 	char *ca_file;
 	int64_t timeout_ms;
 	struct backoff_policy retry;
 	int max_attempts;
 	int throttle_attempts;
 	size_t max_answer;
+	void (*payload_hash)(const void *data, size_t len, char out[65]);
+	const char *const *throttle_codes;
 	struct jcall *calls;
 	uint64_t next_id;
 	size_t pending;
@@ -126,51 +132,32 @@ void awsjson_parse_error(const char *body, size_t len, const char *error_type_he
 	cJSON_Delete(doc);
 }
 
-static int is(const char *code, const char *name)
-{
-	return strcmp(code, name) == 0;
-}
-
-/* Either spelling of an error: the protocol's or the Query one. */
-static int named(const char *code, const char *qcode, const char *name)
-{
-	return is(code, name) || is(qcode, name);
-}
+/* The JSON protocol's error names beyond those every AWS protocol shares. */
+static const char *const json_throttle[] = {
+	"RequestThrottled", "RequestThrottledException", "ProvisionedThroughputExceededException",
+	NULL,
+};
+static const char *const json_credentials[] = {"IncompleteSignatureException", NULL};
+static const char *const json_retry[] = {
+	"ServiceUnavailableException", "ServerException", "RequestTimeoutException", NULL,
+};
+static const struct awsretry_names json_names = {json_throttle, json_credentials, json_retry};
 
 enum awsjson_class awsjson_classify(long status, const char *code, const char *qcode,
 				    const char *message)
 {
-	if (!code)
-		code = "";
-	if (!qcode)
-		qcode = "";
-	if (!message)
-		message = "";
-	if (named(code, qcode, "ThrottlingException") || named(code, qcode, "Throttling") ||
-	    named(code, qcode, "RequestThrottled") ||
-	    named(code, qcode, "TooManyRequestsException") ||
-	    named(code, qcode, "RequestLimitExceeded") ||
-	    named(code, qcode, "RequestThrottledException") ||
-	    named(code, qcode, "ProvisionedThroughputExceededException") || status == 429)
+	switch (awsretry_classify(status, code, qcode, message, &json_names)) {
+	case AWSRETRY_THROTTLE:
 		return AWSJSON_CLASS_THROTTLE;
-	if (named(code, qcode, "RequestTimeTooSkewed") || named(code, qcode, "RequestExpired") ||
-	    named(code, qcode, "RequestInTheFuture") || strstr(message, "Signature expired") ||
-	    strstr(message, "Signature not yet current"))
-		return AWSJSON_CLASS_SKEW;
-	if (named(code, qcode, "ExpiredToken") || named(code, qcode, "ExpiredTokenException") ||
-	    named(code, qcode, "UnrecognizedClientException") ||
-	    named(code, qcode, "InvalidClientTokenId") ||
-	    named(code, qcode, "InvalidSignatureException") ||
-	    named(code, qcode, "SignatureDoesNotMatch") ||
-	    named(code, qcode, "IncompleteSignature") ||
-	    named(code, qcode, "IncompleteSignatureException"))
-		return AWSJSON_CLASS_CREDENTIALS;
-	if (status >= 500 || named(code, qcode, "ServiceUnavailable") ||
-	    named(code, qcode, "ServiceUnavailableException") ||
-	    named(code, qcode, "InternalFailure") || named(code, qcode, "InternalError") ||
-	    named(code, qcode, "ServerException") || named(code, qcode, "RequestTimeout") ||
-	    named(code, qcode, "RequestTimeoutException") || status == 408)
+	case AWSRETRY_RETRY:
 		return AWSJSON_CLASS_RETRY;
+	case AWSRETRY_CREDENTIALS:
+		return AWSJSON_CLASS_CREDENTIALS;
+	case AWSRETRY_SKEW:
+		return AWSJSON_CLASS_SKEW;
+	case AWSRETRY_SERVICE:
+		break;
+	}
 	return AWSJSON_CLASS_SERVICE;
 }
 
@@ -222,8 +209,10 @@ static void call_free(struct jcall *c)
 	free(c);
 }
 
-/* Reports and frees. doc is the parsed answer of a success (deleted here). */
-static void finish(struct jcall *c, enum awsjson_status st, cJSON *doc)
+/* Reports and frees. doc is the parsed answer of a success (deleted here);
+ * body the raw one of a raw_answer call. */
+static void finish_body(struct jcall *c, enum awsjson_status st, cJSON *doc, const char *body,
+			size_t body_len)
 {
 	awsjson_done_fn done = c->done;
 	void *arg = c->arg;
@@ -237,10 +226,20 @@ static void finish(struct jcall *c, enum awsjson_status st, cJSON *doc)
 	res.code = st == AWSJSON_OK ? "" : code;
 	res.query_code = st == AWSJSON_OK ? "" : qcode;
 	res.message = st == AWSJSON_OK ? "" : msg;
+	res.body = st == AWSJSON_OK && body ? body : "";
+	res.body_len = st == AWSJSON_OK && body ? body_len : 0;
+	res.throttled = c->rs.throttled;
+	res.creds_retried = c->rs.creds_retried;
+	res.skew_retried = c->rs.skew_retried;
 	res.elapsed_ms = clock_mono_ms() - c->started_mono;
 	call_free(c);
 	done(&res, arg);
 	cJSON_Delete(doc);
+}
+
+static void finish(struct jcall *c, enum awsjson_status st, cJSON *doc)
+{
+	finish_body(c, st, doc, NULL, 0);
 }
 
 static void start_attempt(struct jcall *c);
@@ -279,15 +278,38 @@ static void set_error(struct jcall *c, const char *code, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* After a failure of class cls: another attempt, or the end for now. */
+static void retry_or_stop(struct jcall *c, enum awsretry_class cls, const char *date_header)
+{
+	struct awsjson *j = c->j;
+	int64_t delay_ms = 0;
+	switch (awsretry_next(&c->rs, &c->lim, cls, c->res.attempts, &j->signer, c->code, c->msg,
+			      date_header, &delay_ms)) {
+	case AWSRETRY_STOP:
+		finish(c, AWSJSON_UNREACHABLE, NULL);
+		return;
+	case AWSRETRY_WAIT:
+		retry_after(c, delay_ms);
+		return;
+	case AWSRETRY_REFRESH:
+		log_warn(j->ev_creds, "service=%s action=%s error=%s message=\"%s\": "
+			 "refreshing the credentials and retrying once", j->service, c->action,
+			 c->code, c->msg);
+		aws_credentials_invalidate(j->creds, c->used);
+		retry_after(c, 0);
+		return;
+	case AWSRETRY_RESIGN:
+		log_warn(j->ev_skew, "service=%s offset_ms=%" PRId64 ": re-signing once", j->service,
+			 j->signer.clock_offset_ms);
+		retry_after(c, 0);
+		return;
+	}
+}
+
 /* A failure that says nothing about the request: retry, or give up for now. */
 static void transient(struct jcall *c)
 {
-	c->fails++;
-	if (c->fails >= c->j->max_attempts) {
-		finish(c, AWSJSON_UNREACHABLE, NULL);
-		return;
-	}
-	retry_after(c, backoff_delay(&c->j->retry, c->fails));
+	retry_or_stop(c, AWSRETRY_RETRY, NULL);
 }
 
 static void on_http(const struct http_response *resp, void *arg);
@@ -310,7 +332,10 @@ static void send_signed(struct jcall *c, const struct aws_credentials *creds)
 		{"X-Amz-Target", target},
 	};
 	char hash[65];
-	crypto_sha256_hex(c->body, c->len, hash);
+	if (j->payload_hash)
+		j->payload_hash(c->body, c->len, hash);
+	else
+		crypto_sha256_hex(c->body, c->len, hash);
 	struct sigv4_request sreq = {
 		.method = "POST",
 		.path = j->path,
@@ -348,7 +373,7 @@ static void send_signed(struct jcall *c, const struct aws_credentials *creds)
 		.body = c->body,
 		.body_len = c->len,
 		.timeout_ms = c->timeout_ms,
-		.max_body = j->max_answer,
+		.max_body = c->max_answer,
 		.ca_file = j->ca_file,
 		.on_done = on_http,
 		.arg = c,
@@ -399,9 +424,13 @@ static void on_http(const struct http_response *resp, void *arg)
 		transient(c);
 		return;
 	}
+	if (resp->status >= 200 && resp->status < 300 && c->raw_answer) {
+		finish_body(c, AWSJSON_OK, NULL, resp->body ? resp->body : "", resp->body_len);
+		return;
+	}
 	if (resp->status >= 200 && resp->status < 300) {
 		struct err err = {{0}};
-		cJSON *doc = resp->body_len ? json_parse(resp->body, resp->body_len, j->max_answer, &err)
+		cJSON *doc = resp->body_len ? json_parse(resp->body, resp->body_len, c->max_answer, &err)
 					    : cJSON_CreateObject();
 		if (!cJSON_IsObject(doc)) {
 			cJSON_Delete(doc);
@@ -416,49 +445,18 @@ static void on_http(const struct http_response *resp, void *arg)
 	awsjson_parse_error(resp->body, resp->body_len, http_response_header(resp, "x-amzn-ErrorType"),
 			    http_response_header(resp, "x-amzn-query-error"), c->code, sizeof c->code,
 			    c->qcode, sizeof c->qcode, &c->res.sender_fault, c->msg, sizeof c->msg);
-	switch (awsjson_classify(resp->status, c->code, c->qcode, c->msg)) {
-	case AWSJSON_CLASS_THROTTLE:
-		c->res.throttled++;
-		if (c->res.throttled >= j->throttle_attempts) {
-			finish(c, AWSJSON_UNREACHABLE, NULL);
-			return;
-		}
-		retry_after(c, backoff_delay(&j->retry, c->res.throttled));
-		return;
-	case AWSJSON_CLASS_RETRY:
-		if (!c->code[0])
-			snprintf(c->code, sizeof c->code, "HTTP%ld", resp->status);
-		transient(c);
-		return;
-	case AWSJSON_CLASS_CREDENTIALS:
-		c->fails = 0;
-		if (c->creds_retried) {
-			finish(c, AWSJSON_UNREACHABLE, NULL);
-			return;
-		}
-		c->creds_retried = true;
-		log_warn("aws.credentials_refresh", "service=%s action=%s error=%s message=\"%s\": "
-			 "refreshing the credentials and retrying once", j->service, c->action,
-			 c->code, c->msg);
-		aws_credentials_invalidate(j->creds, c->used);
-		retry_after(c, 0);
-		return;
-	case AWSJSON_CLASS_SKEW:
-		c->fails = 0;
-		if (!c->skew_retried && sigv4_signer_note_skew(&j->signer, c->code, c->msg,
-							       http_response_header(resp, "Date"))) {
-			c->skew_retried = true;
-			log_warn("aws.clock_skew", "service=%s offset_ms=%" PRId64 ": re-signing once",
-				 j->service, j->signer.clock_offset_ms);
-			retry_after(c, 0);
-			return;
-		}
-		finish(c, AWSJSON_UNREACHABLE, NULL);
-		return;
-	case AWSJSON_CLASS_SERVICE:
+	enum awsretry_class cls = awsretry_classify(resp->status, c->code, c->qcode, c->msg,
+						    &json_names);
+	if ((cls == AWSRETRY_SERVICE || cls == AWSRETRY_RETRY) &&
+	    awsretry_named_in(j->throttle_codes, c->code, c->qcode))
+		cls = AWSRETRY_THROTTLE;
+	if (cls == AWSRETRY_SERVICE) {
 		finish(c, AWSJSON_ERROR, NULL);
 		return;
 	}
+	if (cls == AWSRETRY_RETRY && !c->code[0])
+		snprintf(c->code, sizeof c->code, "HTTP%ld", resp->status);
+	retry_or_stop(c, cls, http_response_header(resp, "Date"));
 }
 
 /* ---- the client ---- */
@@ -551,6 +549,11 @@ struct awsjson *awsjson_new(struct ev_loop *loop, struct http_client *http,
 	j->throttle_attempts = o->throttle_attempts > 0 ? o->throttle_attempts
 							 : DEFAULT_THROTTLE_ATTEMPTS;
 	j->max_answer = o->max_answer > 0 ? o->max_answer : AWSJSON_DEFAULT_MAX_ANSWER;
+	j->payload_hash = o->payload_hash;
+	const char *lp = o->log_prefix && *o->log_prefix ? o->log_prefix : "aws";
+	snprintf(j->ev_creds, sizeof j->ev_creds, "%.40s.credentials_refresh", lp);
+	snprintf(j->ev_skew, sizeof j->ev_skew, "%.40s.clock_skew", lp);
+	j->throttle_codes = o->throttle_codes;
 	j->next_id = 1;
 	if (!j->url || (o->ca_file && !j->ca_file)) {
 		awsjson_free(j);
@@ -575,6 +578,16 @@ void awsjson_free(struct awsjson *j)
 uint64_t awsjson_call(struct awsjson *j, const char *action, const char *body, size_t len,
 		      int64_t timeout_ms, awsjson_done_fn done, void *arg)
 {
+	struct awsjson_call_opts o = {.timeout_ms = timeout_ms};
+	return awsjson_call_ex(j, action, body, len, &o, done, arg);
+}
+
+uint64_t awsjson_call_ex(struct awsjson *j, const char *action, const char *body, size_t len,
+			 const struct awsjson_call_opts *o, awsjson_done_fn done, void *arg)
+{
+	static const struct awsjson_call_opts none;
+	if (!o)
+		o = &none;
 	if (!j || !action || !*action || strlen(action) >= ACTION_MAX || !done)
 		return 0;
 	struct jcall *c = calloc(1, sizeof *c);
@@ -595,7 +608,19 @@ uint64_t awsjson_call(struct awsjson *j, const char *action, const char *body, s
 	c->j = j;
 	c->id = j->next_id++;
 	snprintf(c->action, sizeof c->action, "%s", action);
-	c->timeout_ms = timeout_ms > 0 ? timeout_ms : j->timeout_ms;
+	c->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : j->timeout_ms;
+	c->max_answer = o->max_answer > 0 ? o->max_answer : j->max_answer;
+	c->lim = (struct awsretry_limits){
+		.backoff = j->retry,
+		.max_fails = o->max_attempts > 0 ? o->max_attempts : j->max_attempts,
+		.max_throttled = o->throttle_attempts != 0 ? o->throttle_attempts
+							   : j->throttle_attempts,
+		.max_requests = o->max_requests > 0 ? o->max_requests : 0,
+		.fails_in_a_row = true,
+	};
+	c->raw_answer = o->raw_answer;
+	c->rs.creds_retried = o->creds_retried;
+	c->rs.skew_retried = o->skew_retried;
 	c->started_mono = clock_mono_ms();
 	c->done = done;
 	c->arg = arg;

@@ -34,6 +34,12 @@
  * AWS.SimpleQueueService.NonExistentQueue;Sender`, kept as query_code and
  * matched by awsjson_error_is under either name.
  *
+ * awsjson_call_ex changes those limits for one call (cwlogs: throttling
+ * without limit for puts, a few requests in all for reads), hands a 2xx
+ * answer over unparsed, and carries the one credentials refresh and skew
+ * re-sign across the calls of one operation. A client may bring its own
+ * payload hash and extra throttling error names (awsjson_opts).
+ *
  * Ownership: the body is copied; the result and everything it points to live
  * for the duration of done. Threads: the loop thread only; never blocks.
  * awsjson_free must not be called from inside a done callback.
@@ -71,6 +77,30 @@ struct awsjson_opts {
 	int max_attempts;             /* 5xx and transport failures in a row; 0 = 4 */
 	int throttle_attempts;        /* throttled answers per call; 0 = 10 */
 	size_t max_answer;            /* largest answer body; 0 = 1 MiB */
+	/* NULL: crypto_sha256_hex. Lowercase hex SHA-256 of a request body (a
+	 * faster one for clients that sign big bodies often: cwlogs). */
+	void (*payload_hash)(const void *data, size_t len, char out[65]);
+	/* NULL-terminated error names this service also means as throttling
+	 * (CloudWatch Logs: LimitExceededException), or NULL. */
+	const char *const *throttle_codes;
+	/* NULL: "aws". Names the log events: <log_prefix>.credentials_refresh,
+	 * <log_prefix>.clock_skew (operators' alerts know cwlogs.*). */
+	const char *log_prefix;
+};
+
+/* Per-call settings for awsjson_call_ex; zero fields take the client's. */
+struct awsjson_call_opts {
+	int64_t timeout_ms;           /* per attempt */
+	size_t max_answer;            /* largest answer body */
+	int max_attempts;             /* 5xx and transport failures in a row */
+	int throttle_attempts;        /* throttled answers; < 0: no limit */
+	int max_requests;             /* requests in all before a retryable failure
+				       * is AWSJSON_UNREACHABLE; 0: no such limit */
+	bool raw_answer;              /* a 2xx answer is not parsed: res.body has it */
+	/* Spent already by the caller's earlier calls of one operation: no
+	 * second credentials refresh / skew re-sign in this call. */
+	bool creds_retried;
+	bool skew_retried;
 };
 
 enum awsjson_status {
@@ -82,7 +112,9 @@ enum awsjson_status {
 struct awsjson_result {
 	enum awsjson_status status;
 	long http_status;         /* of the last answer; 0 when none came */
-	const cJSON *doc;         /* AWSJSON_OK: the answer (an object) */
+	const cJSON *doc;         /* AWSJSON_OK: the answer (an object); NULL if raw_answer */
+	const char *body;         /* AWSJSON_OK with raw_answer: the answer as it came */
+	size_t body_len;
 	const char *code;         /* "QueueDoesNotExist"; "" on success */
 	const char *query_code;   /* "AWS.SimpleQueueService.NonExistentQueue" or "" */
 	bool sender_fault;        /* the query error said ";Sender" */
@@ -91,6 +123,8 @@ struct awsjson_result {
 	int retries;              /* of those, repeats after a failure */
 	int throttled;            /* throttling answers seen */
 	int64_t elapsed_ms;       /* from the call to done */
+	bool creds_retried;       /* the one credentials refresh was used */
+	bool skew_retried;        /* the one clock-skew re-sign was used */
 };
 
 typedef void (*awsjson_done_fn)(const struct awsjson_result *res, void *arg);
@@ -108,6 +142,9 @@ void awsjson_free(struct awsjson *j);
  * Returns a call id, or 0 on bad arguments or no memory (no callback then). */
 uint64_t awsjson_call(struct awsjson *j, const char *action, const char *body, size_t len,
 		      int64_t timeout_ms, awsjson_done_fn done, void *arg);
+/* awsjson_call with per-call settings (o may be NULL). */
+uint64_t awsjson_call_ex(struct awsjson *j, const char *action, const char *body, size_t len,
+			 const struct awsjson_call_opts *o, awsjson_done_fn done, void *arg);
 /* Stops a call; its done is not called. Unknown ids are ignored. */
 void awsjson_cancel(struct awsjson *j, uint64_t id);
 size_t awsjson_pending(const struct awsjson *j);

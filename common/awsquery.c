@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "awsretry.h"
 #include "backoff.h"
 #include "crypto.h"
 #include "http_client.h"
@@ -342,35 +343,26 @@ void awsquery_parse_error(const char *body, size_t len, char *code, size_t code_
 	msg[n] = '\0';
 }
 
-static int code_is(const char *code, const char *name)
-{
-	return strcmp(code, name) == 0;
-}
+/* The Query protocol's error names beyond those every AWS protocol shares.
+ * ResourceContention: Auto Scaling is busy with the same group; it says to retry. */
+static const char *const query_throttle[] = {"SlowDown", NULL};
+static const char *const query_retry[] = {"ResourceContention", NULL};
+static const struct awsretry_names query_names = {query_throttle, NULL, query_retry};
 
 enum awsquery_error_class awsquery_classify(long status, const char *code, const char *message)
 {
-	if (!code)
-		code = "";
-	if (!message)
-		message = "";
-	if (code_is(code, "Throttling") || code_is(code, "ThrottlingException") ||
-	    code_is(code, "RequestLimitExceeded") || code_is(code, "TooManyRequestsException") ||
-	    code_is(code, "SlowDown") || status == 429)
+	switch (awsretry_classify(status, code, NULL, message, &query_names)) {
+	case AWSRETRY_THROTTLE:
 		return AWSQUERY_CLASS_THROTTLE;
-	if (code_is(code, "RequestTimeTooSkewed") || code_is(code, "RequestExpired") ||
-	    code_is(code, "RequestInTheFuture") || strstr(message, "Signature expired") ||
-	    strstr(message, "Signature not yet current"))
-		return AWSQUERY_CLASS_SKEW;
-	if (code_is(code, "ExpiredToken") || code_is(code, "ExpiredTokenException") ||
-	    code_is(code, "InvalidClientTokenId") || code_is(code, "UnrecognizedClientException") ||
-	    code_is(code, "SignatureDoesNotMatch") || code_is(code, "IncompleteSignature") ||
-	    code_is(code, "InvalidSignatureException"))
-		return AWSQUERY_CLASS_CREDENTIALS;
-	/* ResourceContention: Auto Scaling is busy with the same group; it says to retry. */
-	if (status >= 500 || code_is(code, "ServiceUnavailable") || code_is(code, "InternalFailure") ||
-	    code_is(code, "InternalError") || code_is(code, "ResourceContention") ||
-	    code_is(code, "RequestTimeout") || status == 408)
+	case AWSRETRY_RETRY:
 		return AWSQUERY_CLASS_RETRY;
+	case AWSRETRY_CREDENTIALS:
+		return AWSQUERY_CLASS_CREDENTIALS;
+	case AWSRETRY_SKEW:
+		return AWSQUERY_CLASS_SKEW;
+	case AWSRETRY_SERVICE:
+		break;
+	}
 	return AWSQUERY_CLASS_FINAL;
 }
 
@@ -445,9 +437,7 @@ struct qcall {
 	char *body;             /* the form body, built once */
 	size_t body_len;
 	char action[64];
-	int fails;              /* retryable failures so far */
-	bool creds_retried;
-	bool skew_retried;
+	struct awsretry rs;
 	bool waiting_creds;
 	bool timer_on;
 	uint64_t http_id;
@@ -471,8 +461,7 @@ struct awsquery_client {
 	char *ca_file;
 	char version[32];
 	int64_t timeout_ms;
-	struct backoff_policy retry;
-	int max_attempts;
+	struct awsretry_limits lim; /* max_requests: max_attempts */
 	struct qcall *calls;
 	uint64_t next_id;
 	size_t pending;
@@ -511,6 +500,7 @@ static void q_finish(struct qcall *q, enum awsquery_status st, const char *body,
 	memcpy(code, q->code, sizeof code);
 	memcpy(msg, q->msg, sizeof msg);
 	res.status = st;
+	res.throttled = q->rs.throttled;
 	res.code = st == AWSQUERY_OK ? "" : code;
 	res.message = st == AWSQUERY_OK ? "" : msg;
 	res.body = body ? body : "";
@@ -545,27 +535,48 @@ static void q_retry_after(struct qcall *q, int64_t delay_ms)
 	q->timer_on = true;
 }
 
-/* A failure worth another attempt (transport, 5xx, throttling), or the end. */
-static void q_retryable(struct qcall *q, const char *body, size_t len, const char *code,
-			const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void q_set_msg(struct qcall *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-static void q_retryable(struct qcall *q, const char *body, size_t len, const char *code,
-			const char *fmt, ...)
+/* The message of a failure (fmt may read the old one: written through a copy). */
+static void q_set_msg(struct qcall *q, const char *fmt, ...)
 {
-	if (code != q->code)
-		snprintf(q->code, sizeof q->code, "%s", code);
 	char m[sizeof q->msg];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(m, sizeof m, fmt, ap);
 	va_end(ap);
 	memcpy(q->msg, m, sizeof m);
-	q->fails++;
-	if (q->res.attempts >= q->c->max_attempts) {
+}
+
+/* After a failure of class cls: another attempt, or the end (with the
+ * answer's body, when one came). */
+static void q_retry_or_stop(struct qcall *q, enum awsretry_class cls,
+			    const struct http_response *resp)
+{
+	struct awsquery_client *c = q->c;
+	const char *body = resp ? resp->body : NULL;
+	size_t len = resp ? resp->body_len : 0;
+	int64_t delay_ms = 0;
+	switch (awsretry_next(&q->rs, &c->lim, cls, q->res.attempts, &c->signer, q->code, q->msg,
+			      resp ? http_response_header(resp, "Date") : NULL, &delay_ms)) {
+	case AWSRETRY_STOP:
 		q_finish(q, AWSQUERY_UNREACHABLE, body, len);
 		return;
+	case AWSRETRY_WAIT:
+		q_retry_after(q, delay_ms);
+		return;
+	case AWSRETRY_REFRESH:
+		log_warn("awsquery.credentials_refresh", "action=%s error=%s message=\"%s\": "
+			 "refreshing the credentials and retrying once", q->action, q->code, q->msg);
+		aws_credentials_invalidate(c->creds, q->used);
+		q_retry_after(q, 0);
+		return;
+	case AWSRETRY_RESIGN:
+		log_warn("awsquery.clock_skew", "action=%s offset_ms=%" PRId64 ": re-signing once",
+			 q->action, c->signer.clock_offset_ms);
+		q_retry_after(q, 0);
+		return;
 	}
-	q_retry_after(q, backoff_delay(&q->c->retry, q->fails));
 }
 
 static void q_on_http(const struct http_response *resp, void *arg);
@@ -658,12 +669,12 @@ static void q_on_creds(const struct aws_credentials *creds, const char *error, v
 static void q_on_http(const struct http_response *resp, void *arg)
 {
 	struct qcall *q = arg;
-	struct awsquery_client *c = q->c;
 	q->http_id = 0;
 	q->res.http_status = resp->status;
 	if (resp->error != HTTP_OK) {
-		q_retryable(q, NULL, 0, "Transport", "%s %s: %s", q->action,
-			    http_error_name(resp->error), resp->error_msg);
+		snprintf(q->code, sizeof q->code, "Transport");
+		q_set_msg(q, "%s %s: %s", q->action, http_error_name(resp->error), resp->error_msg);
+		q_retry_or_stop(q, AWSRETRY_RETRY, NULL);
 		return;
 	}
 	if (resp->status >= 200 && resp->status < 300) {
@@ -672,43 +683,18 @@ static void q_on_http(const struct http_response *resp, void *arg)
 	}
 	awsquery_parse_error(resp->body, resp->body_len, q->code, sizeof q->code, q->msg,
 			     sizeof q->msg);
-	switch (awsquery_classify(resp->status, q->code, q->msg)) {
-	case AWSQUERY_CLASS_THROTTLE:
-		q->res.throttled++;
-		/* fall through */
-	case AWSQUERY_CLASS_RETRY: {
-		char m[sizeof q->msg];
-		memcpy(m, q->msg, sizeof m);
-		q_retryable(q, resp->body, resp->body_len, q->code[0] ? q->code : "HTTP",
-			    "%s: HTTP %ld %s", q->action, resp->status, m);
-		return;
-	}
-	case AWSQUERY_CLASS_CREDENTIALS:
-		if (q->creds_retried) {
-			q_finish(q, AWSQUERY_UNREACHABLE, resp->body, resp->body_len);
-			return;
-		}
-		q->creds_retried = true;
-		log_warn("awsquery.credentials_refresh", "action=%s error=%s message=\"%s\": "
-			 "refreshing the credentials and retrying once", q->action, q->code, q->msg);
-		aws_credentials_invalidate(c->creds, q->used);
-		q_retry_after(q, 0);
-		return;
-	case AWSQUERY_CLASS_SKEW:
-		if (!q->skew_retried && sigv4_signer_note_skew(&c->signer, q->code, q->msg,
-							       http_response_header(resp, "Date"))) {
-			q->skew_retried = true;
-			log_warn("awsquery.clock_skew", "action=%s offset_ms=%" PRId64 ": re-signing once",
-				 q->action, c->signer.clock_offset_ms);
-			q_retry_after(q, 0);
-			return;
-		}
-		q_finish(q, AWSQUERY_UNREACHABLE, resp->body, resp->body_len);
-		return;
-	case AWSQUERY_CLASS_FINAL:
+	enum awsretry_class cls = awsretry_classify(resp->status, q->code, NULL, q->msg,
+						    &query_names);
+	if (cls == AWSRETRY_SERVICE) {
 		q_finish(q, AWSQUERY_FAILED, resp->body, resp->body_len);
 		return;
 	}
+	if (cls == AWSRETRY_THROTTLE || cls == AWSRETRY_RETRY) {
+		if (!q->code[0])
+			snprintf(q->code, sizeof q->code, "HTTP");
+		q_set_msg(q, "%s: HTTP %ld %s", q->action, resp->status, q->msg);
+	}
+	q_retry_or_stop(q, cls, resp);
 }
 
 static int name_ok(const char *s, size_t max)
@@ -769,9 +755,11 @@ struct awsquery_client *awsquery_client_new(struct ev_loop *loop, struct http_cl
 	snprintf(c->version, sizeof c->version, "%s", o->version);
 	c->ca_file = o->ca_file ? strdup(o->ca_file) : NULL;
 	c->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
-	c->retry.base_ms = o->retry_base_ms > 0 ? o->retry_base_ms : DEFAULT_RETRY_BASE_MS;
-	c->retry.cap_ms = o->retry_cap_ms > 0 ? o->retry_cap_ms : DEFAULT_RETRY_CAP_MS;
-	c->max_attempts = o->max_attempts > 0 ? o->max_attempts : DEFAULT_MAX_ATTEMPTS;
+	/* Throttling and failures share one budget of requests in all. */
+	c->lim.backoff.base_ms = o->retry_base_ms > 0 ? o->retry_base_ms : DEFAULT_RETRY_BASE_MS;
+	c->lim.backoff.cap_ms = o->retry_cap_ms > 0 ? o->retry_cap_ms : DEFAULT_RETRY_CAP_MS;
+	c->lim.max_requests = o->max_attempts > 0 ? o->max_attempts : DEFAULT_MAX_ATTEMPTS;
+	c->lim.throttle_is_failure = true;
 	c->next_id = 1;
 	if (!c->url || (o->ca_file && !c->ca_file)) {
 		awsquery_client_free(c);

@@ -17,7 +17,7 @@
  *     <Response><Errors><Error>) and how each error code is handled;
  *   - a client for signed calls (POST /, application/x-www-form-urlencoded,
  *     Action=...&Version=..., SigV4 with credentials from aws_credentials)
- *     with the retry rules of every AWS client here:
+ *     with the retry rules of every AWS client here (common/awsretry.h):
  *       Throttling and 5xx, a refused or dropped connection, a timeout:
  *         full-jitter backoff, up to max_attempts attempts in all;
  *       ExpiredToken, InvalidClientTokenId, SignatureDoesNotMatch (not a

@@ -1,28 +1,21 @@
 #include "cwlogs.h"
 
-#include <ev.h>
-#include <stdarg.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
-#include "backoff.h"
+#include "awsjson.h"
 #include "crypto.h"
-#include "http_client.h"
 #include "json.h"
 #include "log.h"
-#include "sigv4.h"
 
-#define DEFAULT_TIMEOUT_MS 30000
 #define DEFAULT_RETRY_BASE_MS 200
-#define DEFAULT_RETRY_CAP_MS 20000
 #define DEFAULT_UNREACHABLE_ATTEMPTS 2
 #define BODY_MAX ((size_t)64 << 20) /* 1 MiB of messages, escaped, fits easily */
-#define HOST_MAX 256
 
+/* The steps of a put: awsjson carries out each one as an action. */
 enum step { ST_PUT, ST_CREATE_STREAM, ST_CREATE_GROUP, ST_RETENTION };
 
 static const char *const step_target[] = {
@@ -32,54 +25,37 @@ static const char *const step_target[] = {
 	[ST_RETENTION] = "PutRetentionPolicy",
 };
 
+enum read_kind { RD_FILTER, RD_GET };
+
+/* A put (one batch, its steps) or a read (one request). */
 struct cwcall {
 	struct cwlogs *cw;
 	struct cwcall *prev, *next;
 	uint64_t id;
+	uint64_t jid;            /* the awsjson call of the current step */
+	/* puts */
 	char *group;
-	char *stream;
+	char *stream;            /* reads: GetLogEvents' stream, names its events */
 	const struct cwlogs_event *ev;
 	size_t n;
 	enum step step;
 	int rounds;              /* create rounds so far */
-	int fails;               /* unreachable failures in a row */
-	int requests;            /* requests sent, all steps */
-	bool creds_retried;
+	bool creds_retried;      /* the one refresh, across the steps */
 	bool skew_retried;
-	bool waiting_creds;
-	bool timer_on;
-	uint64_t http_id;
-	ev_timer delay;
-	const struct aws_credentials *used; /* referenced while a request is out */
 	struct cwlogs_result res;
-	char code[128];
-	char msg[512];
 	cwlogs_done_fn done;
+	/* reads */
+	cwlogs_read_fn read_done;
 	void *arg;
 };
 
 struct cwlogs {
-	struct ev_loop *loop;
-	struct http_client *http;
-	struct aws_credentials_provider *creds;
-	struct sigv4_signer signer;
-	char *url;
-	char host[HOST_MAX];
-	char path[HOST_MAX];
-	char *ca_file;
-	int64_t timeout_ms;
-	struct backoff_policy retry;
-	int unreachable_attempts;
+	struct awsjson *j;
 	int retention_days;
 	struct cwcall *calls;
-	struct cwread *reads;     /* FilterLogEvents / GetLogEvents calls */
 	uint64_t next_id;
 	size_t pending;
 };
-
-struct cwread;
-static void read_free(struct cwread *r);
-static struct cwread *read_find(struct cwlogs *cw, uint64_t id);
 
 /* ---- payload hash ---- */
 
@@ -285,46 +261,15 @@ int cwlogs_put_body(struct buf *out, const char *group, const char *stream,
 	return 0;
 }
 
+
 /* ---- answers ---- */
 
 void cwlogs_parse_error(const char *body, size_t len, const char *error_type_header,
 			char *code, size_t code_cap, char *msg, size_t msg_cap)
 {
-	code[0] = '\0';
-	msg[0] = '\0';
-	const char *type = NULL;
-	cJSON *doc = len ? json_parse(body, len, CWLOGS_MAX_ANSWER, NULL) : NULL;
-	if (cJSON_IsObject(doc)) {
-		const cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "__type");
-		if (cJSON_IsString(t))
-			type = t->valuestring;
-		const cJSON *m = cJSON_GetObjectItemCaseSensitive(doc, "message");
-		if (!cJSON_IsString(m))
-			m = cJSON_GetObjectItemCaseSensitive(doc, "Message");
-		if (cJSON_IsString(m))
-			snprintf(msg, msg_cap, "%s", m->valuestring);
-	}
-	if (!type || !*type)
-		type = error_type_header;
-	if (type) {
-		/* "com.amazonaws.logs#ResourceNotFoundException" and
-		 * "ThrottlingException:http://internal.amazon.com/..." both name the code. */
-		const char *hash = strrchr(type, '#');
-		const char *start = hash ? hash + 1 : type;
-		size_t n = strcspn(start, ":");
-		if (n >= code_cap)
-			n = code_cap - 1;
-		memcpy(code, start, n);
-		code[n] = '\0';
-	}
-	if (!msg[0] && len && !doc) {
-		/* Not JSON (a proxy's error page): keep the start for the log. */
-		size_t n = len < msg_cap - 1 ? len : msg_cap - 1;
-		for (size_t i = 0; i < n; i++)
-			msg[i] = (body[i] >= 0x20 && body[i] < 0x7f) ? body[i] : ' ';
-		msg[n] = '\0';
-	}
-	cJSON_Delete(doc);
+	char qcode[8]; /* CloudWatch Logs sends no x-amzn-query-error */
+	awsjson_parse_error(body, len, error_type_header, NULL, code, code_cap, qcode, sizeof qcode,
+			    NULL, msg, msg_cap);
 }
 
 static int64_t opt_index(const cJSON *info, const char *key, int64_t max)
@@ -370,57 +315,51 @@ static int code_is(const char *code, const char *name)
 	return strcmp(code, name) == 0;
 }
 
+/* Throttling to CloudWatch Logs beyond awsjson's list (a put waits it out). */
+static const char *const throttle_codes[] = {"LimitExceededException", NULL};
+
+/* Refusals: the request as it is will never be accepted. */
+static int refused(long status, const char *code)
+{
+	return code_is(code, "InvalidParameterException") ||
+	       code_is(code, "SerializationException") || code_is(code, "ValidationException") ||
+	       code_is(code, "InvalidParameterValue") || status == 413;
+}
+
 enum cwlogs_error_class cwlogs_classify(long status, const char *code, const char *message)
 {
 	if (!code)
 		code = "";
-	if (!message)
-		message = "";
 	if (code_is(code, "ResourceNotFoundException"))
 		return CWLOGS_CLASS_NOT_FOUND;
 	if (code_is(code, "ResourceAlreadyExistsException") ||
 	    code_is(code, "DataAlreadyAcceptedException"))
 		return CWLOGS_CLASS_EXISTS;
-	if (code_is(code, "ThrottlingException") || code_is(code, "Throttling") ||
-	    code_is(code, "TooManyRequestsException") || code_is(code, "LimitExceededException") ||
-	    status == 429)
+	for (const char *const *t = throttle_codes; *t; t++)
+		if (code_is(code, *t))
+			return CWLOGS_CLASS_THROTTLE;
+	switch (awsjson_classify(status, code, NULL, message)) {
+	case AWSJSON_CLASS_THROTTLE:
 		return CWLOGS_CLASS_THROTTLE;
-	if (code_is(code, "RequestTimeTooSkewed") || code_is(code, "RequestExpired") ||
-	    code_is(code, "RequestInTheFuture") || strstr(message, "Signature expired") ||
-	    strstr(message, "Signature not yet current"))
+	case AWSJSON_CLASS_SKEW:
 		return CWLOGS_CLASS_SKEW;
-	if (code_is(code, "ExpiredToken") || code_is(code, "ExpiredTokenException") ||
-	    code_is(code, "UnrecognizedClientException") || code_is(code, "InvalidClientTokenId") ||
-	    code_is(code, "InvalidSignatureException") || code_is(code, "SignatureDoesNotMatch") ||
-	    code_is(code, "IncompleteSignature") || code_is(code, "IncompleteSignatureException"))
+	case AWSJSON_CLASS_CREDENTIALS:
 		return CWLOGS_CLASS_CREDENTIALS;
-	if (code_is(code, "InvalidParameterException") || code_is(code, "SerializationException") ||
-	    code_is(code, "ValidationException") || code_is(code, "InvalidParameterValue") ||
-	    status == 413)
-		return CWLOGS_CLASS_REFUSED;
-	if (status >= 500 || code_is(code, "ServiceUnavailableException") ||
-	    code_is(code, "ServiceUnavailable") || code_is(code, "InternalFailure") ||
-	    code_is(code, "RequestTimeout") || code_is(code, "RequestTimeoutException") ||
-	    status == 408)
-		return CWLOGS_CLASS_RETRY;
-	return CWLOGS_CLASS_OTHER;
+	case AWSJSON_CLASS_RETRY:
+		return refused(status, code) ? CWLOGS_CLASS_REFUSED : CWLOGS_CLASS_RETRY;
+	case AWSJSON_CLASS_SERVICE:
+		break;
+	}
+	return refused(status, code) ? CWLOGS_CLASS_REFUSED : CWLOGS_CLASS_OTHER;
 }
 
 /* ---- calls ---- */
 
-static void on_creds(const struct aws_credentials *creds, const char *error, void *arg);
-
 static void call_free(struct cwcall *c)
 {
 	struct cwlogs *cw = c->cw;
-	if (c->waiting_creds)
-		aws_credentials_cancel(cw->creds, on_creds, c);
-	if (c->timer_on)
-		ev_timer_stop(cw->loop, &c->delay);
-	if (c->http_id)
-		http_client_cancel(cw->http, c->http_id);
-	if (c->used)
-		aws_credentials_unref(c->used);
+	if (c->jid)
+		awsjson_cancel(cw->j, c->jid);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -433,42 +372,32 @@ static void call_free(struct cwcall *c)
 	free(c);
 }
 
-static void finish(struct cwcall *c, enum cwlogs_status st)
+static struct cwcall *call_add(struct cwlogs *cw)
 {
-	c->res.status = st;
-	cwlogs_done_fn done = c->done;
-	void *arg = c->arg;
+	struct cwcall *c = calloc(1, sizeof *c);
+	if (!c)
+		return NULL;
+	c->cw = cw;
+	c->id = cw->next_id++;
+	c->next = cw->calls;
+	if (cw->calls)
+		cw->calls->prev = c;
+	cw->calls = c;
+	cw->pending++;
+	return c;
+}
+
+/* code and msg may point into an awsjson result: done runs before it ends. */
+static void finish(struct cwcall *c, enum cwlogs_status st, const char *code, const char *msg)
+{
 	struct cwlogs_result res = c->res;
-	char code[sizeof c->code], msg[sizeof c->msg];
-	memcpy(code, c->code, sizeof code);
-	memcpy(msg, c->msg, sizeof msg);
+	res.status = st;
 	res.error_code = st == CWLOGS_OK ? "" : code;
 	res.message = st == CWLOGS_OK ? "" : msg;
+	cwlogs_done_fn done = c->done;
+	void *arg = c->arg;
 	call_free(c);
 	done(&res, arg);
-}
-
-static void start_attempt(struct cwcall *c);
-
-static void on_delay(struct ev_loop *loop, ev_timer *t, int revents)
-{
-	(void)loop;
-	(void)revents;
-	struct cwcall *c = t->data;
-	c->timer_on = false;
-	start_attempt(c);
-}
-
-static void retry_after(struct cwcall *c, int64_t delay_ms)
-{
-	c->res.retries++;
-	if (delay_ms <= 0) {
-		start_attempt(c);
-		return;
-	}
-	ev_timer_set(&c->delay, (double)delay_ms / 1000.0, 0.0);
-	ev_timer_start(c->cw->loop, &c->delay);
-	c->timer_on = true;
 }
 
 static int build_body(struct cwcall *c, struct buf *body)
@@ -499,168 +428,83 @@ static int build_body(struct cwcall *c, struct buf *body)
 	return -1;
 }
 
-static void unreachable(struct cwcall *c, const char *code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+static void on_step(const struct awsjson_result *r, void *arg);
 
-/* A failure that says nothing about the batch: retry, or give up for now. */
-static void unreachable(struct cwcall *c, const char *code, const char *fmt, ...)
+/* Sends the current step. -1 (nothing started) when out of memory. */
+static int send_step(struct cwcall *c)
 {
-	snprintf(c->code, sizeof c->code, "%s", code);
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(c->msg, sizeof c->msg, fmt, ap);
-	va_end(ap);
-	c->fails++;
-	if (c->fails >= c->cw->unreachable_attempts) {
-		finish(c, CWLOGS_UNREACHABLE);
-		return;
-	}
-	retry_after(c, backoff_delay(&c->cw->retry, c->fails));
-}
-
-static void on_http(const struct http_response *resp, void *arg);
-
-static void send_signed(struct cwcall *c, const struct aws_credentials *creds)
-{
-	struct cwlogs *cw = c->cw;
 	struct buf body;
 	buf_init(&body, BODY_MAX);
 	if (build_body(c, &body) < 0) {
 		buf_free(&body);
-		snprintf(c->code, sizeof c->code, "InternalError");
-		snprintf(c->msg, sizeof c->msg, "could not build the %s body (out of memory)",
-			 step_target[c->step]);
-		finish(c, CWLOGS_REFUSED);
-		return;
+		return -1;
 	}
-	char target[96];
-	snprintf(target, sizeof target, CWLOGS_TARGET_PREFIX "%s", step_target[c->step]);
-	struct sigv4_header sh[] = {
-		{"Host", cw->host},
-		{"Content-Type", CWLOGS_CONTENT_TYPE},
-		{"X-Amz-Target", target},
+	/* Throttling lasts as long as it lasts: the caller's stream waits (its
+	 * backpressure). The one credentials refresh and skew re-sign span the
+	 * steps. Answers of 2xx are not parsed as a document: a put's is read
+	 * for rejectedLogEventsInfo only, and an accepted batch is never sent
+	 * again because of how its answer looks. */
+	struct awsjson_call_opts o = {
+		.throttle_attempts = -1,
+		.max_answer = CWLOGS_MAX_ANSWER,
+		.raw_answer = true,
+		.creds_retried = c->creds_retried,
+		.skew_retried = c->skew_retried,
 	};
-	char hash[65];
-	cwlogs_sha256_hex(body.data ? body.data : "", body.len, hash, 1);
-	struct sigv4_request sreq = {
-		.method = "POST",
-		.path = cw->path,
-		.headers = sh,
-		.header_count = 3,
-		.payload_kind = SIGV4_PAYLOAD_HASH,
-		.payload_sha256_hex = hash,
-	};
-	struct sigv4_result sr;
-	struct err err = {{0}};
-	if (sigv4_sign(&cw->signer, creds, &sreq, &sr, &err) < 0) {
-		buf_free(&body);
-		sigv4_result_free(&sr);
-		unreachable(c, "SigningError", "signing: %s", err.msg);
-		return;
-	}
-	/* Header lines: ours, then what the signer adds, then Authorization. */
-	char lines[6][8192];
-	const char *hdrs[8];
-	size_t nh = 0;
-	snprintf(lines[nh], sizeof lines[nh], "Host: %s", cw->host);
-	hdrs[nh] = lines[nh];
-	nh++;
-	snprintf(lines[nh], sizeof lines[nh], "Content-Type: %s", CWLOGS_CONTENT_TYPE);
-	hdrs[nh] = lines[nh];
-	nh++;
-	snprintf(lines[nh], sizeof lines[nh], "X-Amz-Target: %s", target);
-	hdrs[nh] = lines[nh];
-	nh++;
-	for (size_t i = 0; i < sr.add_count && nh < 5; i++) {
-		snprintf(lines[nh], sizeof lines[nh], "%s: %s", sr.add[i].name, sr.add[i].value);
-		hdrs[nh] = lines[nh];
-		nh++;
-	}
-	snprintf(lines[nh], sizeof lines[nh], "Authorization: %s", sr.authorization);
-	hdrs[nh] = lines[nh];
-	nh++;
-	hdrs[nh] = NULL;
-	struct http_request req = {
-		.method = "POST",
-		.url = cw->url,
-		.headers = hdrs,
-		.body = body.data,
-		.body_len = body.len,
-		.timeout_ms = cw->timeout_ms,
-		.max_body = CWLOGS_MAX_ANSWER,
-		.ca_file = cw->ca_file,
-		.on_done = on_http,
-		.arg = c,
-	};
-	c->http_id = http_client_start(cw->http, &req);
-	/* http_client copied the body and the headers: ours can go now. */
-	memset(lines, 0, sizeof lines);
-	sigv4_result_free(&sr);
+	c->jid = awsjson_call_ex(c->cw->j, step_target[c->step], body.data ? body.data : "",
+				 body.len, &o, on_step, c);
 	buf_free(&body);
-	if (!c->http_id) {
-		unreachable(c, "InternalError", "could not start the request");
-		return;
-	}
-	c->requests++;
-	if (c->step == ST_PUT)
-		c->res.attempts++;
-	if (c->used)
-		aws_credentials_unref(c->used);
-	c->used = aws_credentials_ref(creds);
+	return c->jid ? 0 : -1;
 }
 
-static void on_creds(const struct aws_credentials *creds, const char *error, void *arg)
+/* Moves to step s, or ends the call when it cannot start. */
+static void go(struct cwcall *c, enum step s)
 {
-	struct cwcall *c = arg;
-	c->waiting_creds = false;
-	if (!creds) {
-		unreachable(c, "NoCredentials", "credentials: %s", error ? error : "none");
-		return;
+	c->step = s;
+	if (send_step(c) < 0) {
+		char msg[96];
+		snprintf(msg, sizeof msg, "could not build the %s body (out of memory)",
+			 step_target[s]);
+		finish(c, CWLOGS_REFUSED, "InternalError", msg);
 	}
-	send_signed(c, creds);
-}
-
-static void start_attempt(struct cwcall *c)
-{
-	c->waiting_creds = true;
-	aws_credentials_get(c->cw->creds, on_creds, c);
 }
 
 /* The next step after a create-step success. */
 static void advance_after_create(struct cwcall *c)
 {
-	struct cwlogs *cw = c->cw;
 	switch (c->step) {
 	case ST_CREATE_GROUP:
-		c->step = cw->retention_days > 0 ? ST_RETENTION : ST_CREATE_STREAM;
-		break;
+		go(c, c->cw->retention_days > 0 ? ST_RETENTION : ST_CREATE_STREAM);
+		return;
 	case ST_RETENTION:
 	case ST_PUT:
-		c->step = ST_CREATE_STREAM;
-		break;
+		go(c, ST_CREATE_STREAM);
+		return;
 	case ST_CREATE_STREAM:
-		c->step = ST_PUT;
-		break;
-	}
-	start_attempt(c);
-}
-
-static void on_http(const struct http_response *resp, void *arg)
-{
-	struct cwcall *c = arg;
-	struct cwlogs *cw = c->cw;
-	c->http_id = 0;
-	c->res.http_status = resp->status;
-	if (resp->error != HTTP_OK) {
-		unreachable(c, "Transport", "%s %s: %s", step_target[c->step],
-			    http_error_name(resp->error), resp->error_msg);
+		go(c, ST_PUT);
 		return;
 	}
-	if (resp->status >= 200 && resp->status < 300) {
-		c->fails = 0;
+}
+
+static void on_step(const struct awsjson_result *r, void *arg)
+{
+	struct cwcall *c = arg;
+	c->jid = 0;
+	c->res.http_status = r->http_status;
+	if (c->step == ST_PUT)
+		c->res.attempts += r->attempts;
+	c->res.retries += r->retries;
+	c->res.throttled += r->throttled;
+	c->creds_retried = r->creds_retried;
+	c->skew_retried = r->skew_retried;
+	if (r->status == AWSJSON_UNREACHABLE) {
+		finish(c, CWLOGS_UNREACHABLE, r->code, r->message);
+		return;
+	}
+	if (r->status == AWSJSON_OK) {
 		if (c->step == ST_PUT) {
-			cwlogs_parse_rejected(resp->body, resp->body_len, c->n, &c->res);
-			finish(c, CWLOGS_OK);
+			cwlogs_parse_rejected(r->body, r->body_len, c->n, &c->res);
+			finish(c, CWLOGS_OK, "", "");
 			return;
 		}
 		if (c->step == ST_CREATE_GROUP || c->step == ST_CREATE_STREAM)
@@ -670,94 +514,59 @@ static void on_http(const struct http_response *resp, void *arg)
 		advance_after_create(c);
 		return;
 	}
-	cwlogs_parse_error(resp->body, resp->body_len, http_response_header(resp, "x-amzn-ErrorType"),
-			   c->code, sizeof c->code, c->msg, sizeof c->msg);
-	enum cwlogs_error_class cls = cwlogs_classify(resp->status, c->code, c->msg);
-	if (cls != CWLOGS_CLASS_RETRY && cls != CWLOGS_CLASS_THROTTLE)
-		c->fails = 0;
-	switch (cls) {
-	case CWLOGS_CLASS_THROTTLE:
-		c->res.throttled++;
-		retry_after(c, backoff_delay(&cw->retry, c->res.throttled));
-		return;
-	case CWLOGS_CLASS_RETRY: {
-		char code[sizeof c->code], msg[sizeof c->msg];
-		memcpy(code, c->code, sizeof code);
-		memcpy(msg, c->msg, sizeof msg);
-		unreachable(c, code[0] ? code : "HTTP", "%s: HTTP %ld %s", step_target[c->step],
-			    resp->status, msg);
-		return;
-	}
+	/* awsjson retried what it retries: the service's own answers are left. */
+	switch (cwlogs_classify(r->http_status, r->code, r->message)) {
 	case CWLOGS_CLASS_NOT_FOUND:
 		if (c->step == ST_PUT) {
 			if (c->rounds >= CWLOGS_CREATE_ROUNDS) {
-				finish(c, CWLOGS_UNREACHABLE);
+				finish(c, CWLOGS_UNREACHABLE, r->code, r->message);
 				return;
 			}
 			c->rounds++;
-			c->step = ST_CREATE_STREAM;
-			start_attempt(c);
-		} else if (c->step == ST_CREATE_STREAM) {
-			c->step = ST_CREATE_GROUP;
-			start_attempt(c);
-		} else if (c->step == ST_RETENTION) {
-			/* The group vanished again: start over with it. */
-			c->step = ST_CREATE_GROUP;
-			start_attempt(c);
+			go(c, ST_CREATE_STREAM);
+		} else if (c->step == ST_CREATE_STREAM || c->step == ST_RETENTION) {
+			/* No group (or it vanished again): start over with it. */
+			go(c, ST_CREATE_GROUP);
 		} else {
-			finish(c, CWLOGS_UNREACHABLE);
+			finish(c, CWLOGS_UNREACHABLE, r->code, r->message);
 		}
 		return;
 	case CWLOGS_CLASS_EXISTS:
 		if (c->step == ST_PUT) {
-			finish(c, CWLOGS_OK);
+			finish(c, CWLOGS_OK, "", "");
 			return;
 		}
 		if (c->step == ST_CREATE_GROUP) {
-			c->step = ST_CREATE_STREAM; /* someone else made it: keep its retention */
-			start_attempt(c);
+			go(c, ST_CREATE_STREAM); /* someone else made it: keep its retention */
 			return;
 		}
 		advance_after_create(c);
 		return;
-	case CWLOGS_CLASS_CREDENTIALS:
-		if (c->creds_retried) {
-			finish(c, CWLOGS_UNREACHABLE);
-			return;
-		}
-		c->creds_retried = true;
-		log_warn("cwlogs.credentials_refresh", "error=%s message=\"%s\": refreshing the "
-			 "credentials and retrying once", c->code, c->msg);
-		aws_credentials_invalidate(cw->creds, c->used);
-		retry_after(c, 0);
-		return;
-	case CWLOGS_CLASS_SKEW:
-		if (!c->skew_retried && sigv4_signer_note_skew(&cw->signer, c->code, c->msg,
-							       http_response_header(resp, "Date"))) {
-			c->skew_retried = true;
-			log_warn("cwlogs.clock_skew", "offset_ms=%" PRId64 ": re-signing once",
-				 cw->signer.clock_offset_ms);
-			retry_after(c, 0);
-			return;
-		}
-		finish(c, CWLOGS_UNREACHABLE);
-		return;
 	case CWLOGS_CLASS_REFUSED:
 		if (c->step == ST_RETENTION) {
 			log_warn("cwlogs.retention_refused", "group=%s error=%s message=\"%s\"", c->group,
-				 c->code, c->msg);
+				 r->code, r->message);
 			advance_after_create(c);
 			return;
 		}
-		finish(c, CWLOGS_REFUSED);
+		finish(c, CWLOGS_REFUSED, r->code, r->message);
 		return;
+	case CWLOGS_CLASS_THROTTLE:
+	case CWLOGS_CLASS_RETRY:
+	case CWLOGS_CLASS_CREDENTIALS:
+	case CWLOGS_CLASS_SKEW:
 	case CWLOGS_CLASS_OTHER:
-		finish(c, CWLOGS_UNREACHABLE);
+		finish(c, CWLOGS_UNREACHABLE, r->code, r->message);
 		return;
 	}
 }
 
 /* ---- the client ---- */
+
+static void payload_hash(const void *data, size_t len, char out[65])
+{
+	cwlogs_sha256_hex(data, len, out, 1);
+}
 
 struct cwlogs *cwlogs_new(struct ev_loop *loop, struct http_client *http,
 			  struct aws_credentials_provider *creds, const struct cwlogs_opts *o,
@@ -772,68 +581,31 @@ struct cwlogs *cwlogs_new(struct ev_loop *loop, struct http_client *http,
 		err_set(err, "cwlogs: out of memory");
 		return NULL;
 	}
-	cw->loop = loop;
-	cw->http = http;
-	cw->creds = creds;
-	if (sigv4_signer_init(&cw->signer, o->region, CWLOGS_SERVICE, NULL, err) < 0) {
+	struct awsjson_opts jo = {
+		.region = o->region,
+		.service = CWLOGS_SERVICE,
+		.endpoint = o->endpoint,
+		.default_endpoint = "https://logs.%s.amazonaws.com",
+		.target_prefix = "Logs_20140328",
+		.content_type = CWLOGS_CONTENT_TYPE,
+		.ca_file = o->ca_file,
+		.timeout_ms = o->timeout_ms,
+		.retry_base_ms = o->retry_base_ms > 0 ? o->retry_base_ms : DEFAULT_RETRY_BASE_MS,
+		.retry_cap_ms = o->retry_cap_ms,
+		.max_attempts = o->unreachable_attempts > 0 ? o->unreachable_attempts
+							    : DEFAULT_UNREACHABLE_ATTEMPTS,
+		.max_answer = CWLOGS_MAX_ANSWER,
+		.payload_hash = payload_hash,
+		.throttle_codes = throttle_codes,
+		.log_prefix = "cwlogs",
+	};
+	cw->j = awsjson_new(loop, http, creds, &jo, err);
+	if (!cw->j) {
 		free(cw);
 		return NULL;
 	}
-	struct buf url;
-	buf_init(&url, 4096);
-	if (o->endpoint && *o->endpoint)
-		buf_append_str(&url, o->endpoint);
-	else
-		buf_printf(&url, "https://logs.%s.amazonaws.com", o->region);
-	const char *p = url.data ? strstr(url.data, "://") : NULL;
-	if (!p || (strncmp(url.data, "http://", 7) != 0 && strncmp(url.data, "https://", 8) != 0)) {
-		err_set(err, "cwlogs: endpoint \"%s\" is not an http(s) URL", url.data ? url.data : "");
-		buf_free(&url);
-		free(cw);
-		return NULL;
-	}
-	p += 3;
-	size_t hl = strcspn(p, "/?#");
-	if (hl == 0 || hl >= sizeof cw->host) {
-		err_set(err, "cwlogs: endpoint \"%s\" has no usable host", url.data);
-		buf_free(&url);
-		free(cw);
-		return NULL;
-	}
-	memcpy(cw->host, p, hl);
-	cw->host[hl] = '\0';
-	const char *path = p + hl;
-	size_t pl = strcspn(path, "?#");
-	if (pl == 0) {
-		snprintf(cw->path, sizeof cw->path, "/");
-		url.len = (size_t)(path - url.data);
-		buf_append_byte(&url, '/');
-	} else if (pl < sizeof cw->path) {
-		memcpy(cw->path, path, pl);
-		cw->path[pl] = '\0';
-		url.len = (size_t)(path - url.data) + pl;
-		url.data[url.len] = '\0';
-	} else {
-		err_set(err, "cwlogs: endpoint path too long");
-		buf_free(&url);
-		free(cw);
-		return NULL;
-	}
-	cw->url = buf_detach(&url, NULL);
-	cw->ca_file = o->ca_file ? strdup(o->ca_file) : NULL;
-	cw->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
-	cw->retry.base_ms = o->retry_base_ms > 0 ? o->retry_base_ms : DEFAULT_RETRY_BASE_MS;
-	cw->retry.cap_ms = o->retry_cap_ms > 0 ? o->retry_cap_ms : DEFAULT_RETRY_CAP_MS;
-	cw->retry.max_attempts = 0;
-	cw->unreachable_attempts = o->unreachable_attempts > 0 ? o->unreachable_attempts
-							       : DEFAULT_UNREACHABLE_ATTEMPTS;
 	cw->retention_days = o->retention_days > 0 ? o->retention_days : 0;
 	cw->next_id = 1;
-	if (!cw->url || (o->ca_file && !cw->ca_file)) {
-		cwlogs_free(cw);
-		err_set(err, "cwlogs: out of memory");
-		return NULL;
-	}
 	return cw;
 }
 
@@ -843,11 +615,7 @@ void cwlogs_free(struct cwlogs *cw)
 		return;
 	while (cw->calls)
 		call_free(cw->calls);
-	while (cw->reads)
-		read_free(cw->reads);
-	sigv4_signer_clear(&cw->signer);
-	free(cw->url);
-	free(cw->ca_file);
+	awsjson_free(cw->j);
 	free(cw);
 }
 
@@ -857,33 +625,21 @@ uint64_t cwlogs_put_events(struct cwlogs *cw, const char *group, const char *str
 {
 	if (!cw || !group || !*group || !stream || !*stream || !events || !count || !done)
 		return 0;
-	struct cwcall *c = calloc(1, sizeof *c);
+	struct cwcall *c = call_add(cw);
 	if (!c)
 		return 0;
 	c->group = strdup(group);
 	c->stream = strdup(stream);
-	if (!c->group || !c->stream) {
-		free(c->group);
-		free(c->stream);
-		free(c);
-		return 0;
-	}
-	c->cw = cw;
-	c->id = cw->next_id++;
 	c->ev = events;
 	c->n = count;
 	c->step = ST_PUT;
 	c->done = done;
 	c->arg = arg;
 	c->res.too_new_start = c->res.too_old_end = c->res.expired_end = -1;
-	ev_timer_init(&c->delay, on_delay, 0.0, 0.0);
-	c->delay.data = c;
-	c->next = cw->calls;
-	if (cw->calls)
-		cw->calls->prev = c;
-	cw->calls = c;
-	cw->pending++;
-	start_attempt(c);
+	if (!c->group || !c->stream || send_step(c) < 0) {
+		call_free(c);
+		return 0;
+	}
 	return c->id;
 }
 
@@ -897,9 +653,6 @@ void cwlogs_cancel(struct cwlogs *cw, uint64_t id)
 			return;
 		}
 	}
-	struct cwread *r = read_find(cw, id);
-	if (r)
-		read_free(r);
 }
 
 size_t cwlogs_pending(const struct cwlogs *cw)
@@ -908,288 +661,6 @@ size_t cwlogs_pending(const struct cwlogs *cw)
 }
 
 /* ---- reading: FilterLogEvents, GetLogEvents ---- */
-
-enum read_kind { RD_FILTER, RD_GET };
-
-struct cwread {
-	struct cwlogs *cw;
-	struct cwread *prev, *next;
-	uint64_t id;
-	enum read_kind kind;
-	char *body;
-	size_t body_len;
-	char *stream;            /* GetLogEvents: names its events */
-	int attempts;
-	bool creds_retried, skew_retried, waiting_creds, timer_on;
-	uint64_t http_id;
-	ev_timer delay;
-	const struct aws_credentials *used;
-	char code[128];
-	char msg[512];
-	long http_status;
-	cwlogs_read_fn done;
-	void *arg;
-};
-
-static struct cwread *read_find(struct cwlogs *cw, uint64_t id)
-{
-	for (struct cwread *r = cw->reads; r; r = r->next)
-		if (r->id == id)
-			return r;
-	return NULL;
-}
-
-static void read_on_creds(const struct aws_credentials *creds, const char *error, void *arg);
-
-static void read_free(struct cwread *r)
-{
-	struct cwlogs *cw = r->cw;
-	if (r->waiting_creds)
-		aws_credentials_cancel(cw->creds, read_on_creds, r);
-	if (r->timer_on)
-		ev_timer_stop(cw->loop, &r->delay);
-	if (r->http_id)
-		http_client_cancel(cw->http, r->http_id);
-	if (r->used)
-		aws_credentials_unref(r->used);
-	if (r->prev)
-		r->prev->next = r->next;
-	else
-		cw->reads = r->next;
-	if (r->next)
-		r->next->prev = r->prev;
-	cw->pending--;
-	free(r->body);
-	free(r->stream);
-	free(r);
-}
-
-/* Ends the call with a failure (or a not-found, which is an empty success). */
-static void read_fail(struct cwread *r, enum cwlogs_status st, bool not_found)
-{
-	struct cwlogs_read_result res = {
-		.status = st,
-		.not_found = not_found,
-		.http_status = r->http_status,
-		.attempts = r->attempts,
-	};
-	char code[sizeof r->code], msg[sizeof r->msg];
-	memcpy(code, r->code, sizeof code);
-	memcpy(msg, r->msg, sizeof msg);
-	res.error_code = st == CWLOGS_OK ? "" : code;
-	res.message = st == CWLOGS_OK ? "" : msg;
-	cwlogs_read_fn done = r->done;
-	void *arg = r->arg;
-	read_free(r);
-	done(&res, arg);
-}
-
-static void read_attempt(struct cwread *r)
-{
-	r->waiting_creds = true;
-	aws_credentials_get(r->cw->creds, read_on_creds, r);
-}
-
-static void read_on_delay(struct ev_loop *loop, ev_timer *t, int revents)
-{
-	(void)loop;
-	(void)revents;
-	struct cwread *r = t->data;
-	r->timer_on = false;
-	read_attempt(r);
-}
-
-static void read_retry(struct cwread *r, int64_t delay_ms)
-{
-	if (delay_ms <= 0) {
-		read_attempt(r);
-		return;
-	}
-	ev_timer_set(&r->delay, (double)delay_ms / 1000.0, 0.0);
-	ev_timer_start(r->cw->loop, &r->delay);
-	r->timer_on = true;
-}
-
-/* A failure another attempt may cure, while attempts last. */
-static void read_retryable(struct cwread *r)
-{
-	if (r->attempts >= CWLOGS_READ_ATTEMPTS) {
-		read_fail(r, CWLOGS_UNREACHABLE, false);
-		return;
-	}
-	read_retry(r, backoff_delay(&r->cw->retry, r->attempts));
-}
-
-static void read_on_http(const struct http_response *resp, void *arg);
-
-static void read_on_creds(const struct aws_credentials *creds, const char *error, void *arg)
-{
-	struct cwread *r = arg;
-	struct cwlogs *cw = r->cw;
-	r->waiting_creds = false;
-	if (!creds) {
-		snprintf(r->code, sizeof r->code, "NoCredentials");
-		snprintf(r->msg, sizeof r->msg, "credentials: %s", error ? error : "none");
-		read_fail(r, CWLOGS_UNREACHABLE, false);
-		return;
-	}
-	const char *op = r->kind == RD_FILTER ? "FilterLogEvents" : "GetLogEvents";
-	char target[96];
-	snprintf(target, sizeof target, CWLOGS_TARGET_PREFIX "%s", op);
-	struct sigv4_header sh[] = {
-		{"Host", cw->host},
-		{"Content-Type", CWLOGS_CONTENT_TYPE},
-		{"X-Amz-Target", target},
-	};
-	struct sigv4_request sreq = {
-		.method = "POST",
-		.path = cw->path,
-		.headers = sh,
-		.header_count = 3,
-		.payload_kind = SIGV4_PAYLOAD_BYTES,
-		.payload = r->body,
-		.payload_len = r->body_len,
-	};
-	struct sigv4_result sr;
-	struct err err = {{0}};
-	if (sigv4_sign(&cw->signer, creds, &sreq, &sr, &err) < 0) {
-		sigv4_result_free(&sr);
-		snprintf(r->code, sizeof r->code, "SigningError");
-		snprintf(r->msg, sizeof r->msg, "signing: %.400s", err.msg);
-		read_fail(r, CWLOGS_UNREACHABLE, false);
-		return;
-	}
-	struct buf lines;
-	buf_init(&lines, 64 << 10);
-	int rc = buf_printf(&lines, "Host: %s\r\nContent-Type: %s\r\nX-Amz-Target: %s\r\n",
-			    cw->host, CWLOGS_CONTENT_TYPE, target);
-	if (rc == 0)
-		rc = sigv4_result_append_headers(&sr, &lines);
-	sigv4_result_free(&sr);
-	const char *hdrs[8];
-	size_t nh = 0;
-	for (char *s = lines.data; rc == 0 && s && *s && nh < 7;) {
-		char *eol = strstr(s, "\r\n");
-		if (!eol)
-			break;
-		*eol = '\0';
-		hdrs[nh++] = s;
-		s = eol + 2;
-	}
-	hdrs[nh] = NULL;
-	struct http_request req = {
-		.method = "POST",
-		.url = cw->url,
-		.headers = hdrs,
-		.body = r->body,
-		.body_len = r->body_len,
-		.timeout_ms = cw->timeout_ms,
-		.max_body = CWLOGS_READ_MAX_ANSWER,
-		.ca_file = cw->ca_file,
-		.on_done = read_on_http,
-		.arg = r,
-	};
-	r->http_id = rc == 0 ? http_client_start(cw->http, &req) : 0;
-	if (lines.data)
-		memset(lines.data, 0, lines.len);
-	buf_free(&lines);
-	if (!r->http_id) {
-		snprintf(r->code, sizeof r->code, "InternalError");
-		snprintf(r->msg, sizeof r->msg, "could not start the request");
-		read_fail(r, CWLOGS_UNREACHABLE, false);
-		return;
-	}
-	r->attempts++;
-	if (r->used)
-		aws_credentials_unref(r->used);
-	r->used = aws_credentials_ref(creds);
-}
-
-static void read_on_http(const struct http_response *resp, void *arg)
-{
-	struct cwread *r = arg;
-	struct cwlogs *cw = r->cw;
-	r->http_id = 0;
-	r->http_status = resp->status;
-	if (resp->error != HTTP_OK) {
-		snprintf(r->code, sizeof r->code, "Transport");
-		snprintf(r->msg, sizeof r->msg, "%s: %s", http_error_name(resp->error),
-			 resp->error_msg);
-		read_retryable(r);
-		return;
-	}
-	if (resp->status >= 200 && resp->status < 300) {
-		cJSON *doc = NULL;
-		struct cwlogs_read_event *ev = NULL;
-		size_t n = 0;
-		const char *next = NULL, *back = NULL;
-		struct err err = {{0}};
-		if (cwlogs_parse_events(resp->body, resp->body_len, r->stream ? r->stream : "", &doc,
-					&ev, &n, &next, &back, &err) < 0) {
-			snprintf(r->code, sizeof r->code, "BadAnswer");
-			snprintf(r->msg, sizeof r->msg, "%s", err.msg);
-			read_fail(r, CWLOGS_UNREACHABLE, false);
-			return;
-		}
-		struct cwlogs_read_result res = {
-			.status = CWLOGS_OK,
-			.http_status = resp->status,
-			.error_code = "",
-			.message = "",
-			.events = ev,
-			.count = n,
-			.next_token = next,
-			.backward_token = back,
-			.attempts = r->attempts,
-		};
-		cwlogs_read_fn done = r->done;
-		void *darg = r->arg;
-		char *stream = r->stream; /* GetLogEvents' events point at it */
-		r->stream = NULL;
-		read_free(r);
-		done(&res, darg);
-		free(ev);
-		free(stream);
-		cJSON_Delete(doc);
-		return;
-	}
-	cwlogs_parse_error(resp->body, resp->body_len, http_response_header(resp, "x-amzn-ErrorType"),
-			   r->code, sizeof r->code, r->msg, sizeof r->msg);
-	switch (cwlogs_classify(resp->status, r->code, r->msg)) {
-	case CWLOGS_CLASS_NOT_FOUND:
-		read_fail(r, CWLOGS_OK, true);
-		return;
-	case CWLOGS_CLASS_THROTTLE:
-	case CWLOGS_CLASS_RETRY:
-		read_retryable(r);
-		return;
-	case CWLOGS_CLASS_CREDENTIALS:
-		if (r->creds_retried) {
-			read_fail(r, CWLOGS_UNREACHABLE, false);
-			return;
-		}
-		r->creds_retried = true;
-		aws_credentials_invalidate(cw->creds, r->used);
-		read_retry(r, 0);
-		return;
-	case CWLOGS_CLASS_SKEW:
-		if (!r->skew_retried && sigv4_signer_note_skew(&cw->signer, r->code, r->msg,
-							       http_response_header(resp, "Date"))) {
-			r->skew_retried = true;
-			read_retry(r, 0);
-			return;
-		}
-		read_fail(r, CWLOGS_UNREACHABLE, false);
-		return;
-	case CWLOGS_CLASS_REFUSED:
-		read_fail(r, CWLOGS_REFUSED, false);
-		return;
-	case CWLOGS_CLASS_EXISTS:
-	case CWLOGS_CLASS_OTHER:
-		read_fail(r, CWLOGS_UNREACHABLE, false);
-		return;
-	}
-}
 
 static int add_str(struct buf *b, const char *key, const char *v)
 {
@@ -1305,36 +776,92 @@ int cwlogs_parse_events(const char *body, size_t len, const char *default_stream
 	return 0;
 }
 
+
+/* Ends a read: events (and what they point into) are freed after done. */
+static void read_finish(struct cwcall *c, const struct awsjson_result *r,
+			enum cwlogs_status st, bool not_found, const char *code, const char *msg)
+{
+	struct cwlogs_read_result res = {
+		.status = st,
+		.not_found = not_found,
+		.http_status = r->http_status,
+		.error_code = st == CWLOGS_OK ? "" : code,
+		.message = st == CWLOGS_OK ? "" : msg,
+		.attempts = r->attempts,
+	};
+	cwlogs_read_fn done = c->read_done;
+	void *arg = c->arg;
+	cJSON *doc = NULL;
+	struct cwlogs_read_event *ev = NULL;
+	struct err err = {{0}};
+	if (st == CWLOGS_OK && !not_found &&
+	    cwlogs_parse_events(r->body, r->body_len, c->stream ? c->stream : "", &doc, &ev,
+				&res.count, &res.next_token, &res.backward_token, &err) < 0) {
+		res.status = CWLOGS_UNREACHABLE;
+		res.error_code = "BadAnswer";
+		res.message = err.msg;
+	}
+	res.events = ev;
+	char *stream = c->stream; /* GetLogEvents' events point at it */
+	c->stream = NULL;
+	call_free(c);
+	done(&res, arg);
+	free(ev);
+	free(stream);
+	cJSON_Delete(doc);
+}
+
+static void on_read(const struct awsjson_result *r, void *arg)
+{
+	struct cwcall *c = arg;
+	c->jid = 0;
+	if (r->status == AWSJSON_OK) {
+		read_finish(c, r, CWLOGS_OK, false, "", "");
+		return;
+	}
+	if (r->status == AWSJSON_ERROR) {
+		switch (cwlogs_classify(r->http_status, r->code, r->message)) {
+		case CWLOGS_CLASS_NOT_FOUND: /* nothing was ever shipped there */
+			read_finish(c, r, CWLOGS_OK, true, "", "");
+			return;
+		case CWLOGS_CLASS_REFUSED:
+			read_finish(c, r, CWLOGS_REFUSED, false, r->code, r->message);
+			return;
+		default:
+			break;
+		}
+	}
+	read_finish(c, r, CWLOGS_UNREACHABLE, false, r->code, r->message);
+}
+
 static uint64_t read_start(struct cwlogs *cw, enum read_kind kind, struct buf *body,
 			   const char *stream, cwlogs_read_fn done, void *arg)
 {
-	struct cwread *r = calloc(1, sizeof *r);
-	if (!r) {
+	struct cwcall *c = call_add(cw);
+	if (!c) {
 		buf_free(body);
 		return 0;
 	}
-	r->body = buf_detach(body, &r->body_len);
-	r->stream = stream ? strdup(stream) : NULL;
-	if (!r->body || (stream && !r->stream)) {
-		free(r->body);
-		free(r->stream);
-		free(r);
+	c->read_done = done;
+	c->arg = arg;
+	c->stream = stream ? strdup(stream) : NULL;
+	/* A person is waiting: a few attempts in all, then the caller answers. */
+	struct awsjson_call_opts o = {
+		.max_answer = CWLOGS_READ_MAX_ANSWER,
+		.max_attempts = CWLOGS_READ_ATTEMPTS,
+		.throttle_attempts = -1,
+		.max_requests = CWLOGS_READ_ATTEMPTS,
+		.raw_answer = true,
+	};
+	if (!stream || c->stream)
+		c->jid = awsjson_call_ex(cw->j, kind == RD_FILTER ? "FilterLogEvents" : "GetLogEvents",
+					 body->data ? body->data : "", body->len, &o, on_read, c);
+	buf_free(body);
+	if (!c->jid) {
+		call_free(c);
 		return 0;
 	}
-	r->cw = cw;
-	r->id = cw->next_id++;
-	r->kind = kind;
-	r->done = done;
-	r->arg = arg;
-	ev_timer_init(&r->delay, read_on_delay, 0.0, 0.0);
-	r->delay.data = r;
-	r->next = cw->reads;
-	if (cw->reads)
-		cw->reads->prev = r;
-	cw->reads = r;
-	cw->pending++;
-	read_attempt(r);
-	return r->id;
+	return c->id;
 }
 
 uint64_t cwlogs_filter_events(struct cwlogs *cw, const struct cwlogs_filter *f,

@@ -5,7 +5,10 @@
  * over the AWS JSON 1.1 protocol
  * (POST / with `X-Amz-Target: Logs_20140328.<Operation>` and
  * `Content-Type: application/x-amz-json-1.1`), SigV4-signed (service "logs")
- * with credentials from aws_credentials.
+ * with credentials from aws_credentials. The requests go through awsjson
+ * (common/awsjson.h: signing per attempt, retries, error documents); what is
+ * CloudWatch's own (the create steps, rejectedLogEventsInfo, which errors
+ * refuse a batch, the read answers) is here.
  *
  * One call = one batch of one stream. What a call does until it reports:
  *   - PutLogEvents. Sequence tokens are gone: none is sent or read.
@@ -23,9 +26,10 @@
  *     caller spools the batch and tries again later).
  *   - ExpiredToken(Exception), UnrecognizedClientException,
  *     InvalidClientTokenId, InvalidSignatureException or SignatureDoesNotMatch
- *     (not a clock-skew one): the credentials are invalidated (one refresh)
- *     and the request is re-signed and sent ONCE more; a second such answer
- *     is CWLOGS_UNREACHABLE (logs wait in the spool until credentials work).
+ *     (not a clock-skew one): the credentials are invalidated (one refresh
+ *     per call, across its steps) and the request is re-signed and sent ONCE
+ *     more; a second such answer is CWLOGS_UNREACHABLE (logs wait in the
+ *     spool until credentials work).
  *   - a clock-skew answer ("Signature expired", RequestTimeTooSkewed, ...):
  *     sigv4_signer_note_skew corrects the signer's offset and the request is
  *     re-signed and sent ONCE more.
@@ -36,9 +40,10 @@
  * result so the caller can count (and log) the events CloudWatch dropped.
  *
  * Ownership: the event array and the messages it points to are the caller's
- * and must stay valid and unchanged until done runs (the body is rebuilt for
- * every attempt instead of being held twice). Group and stream names are
- * copied. The result passed to done lives for the call.
+ * and must stay valid and unchanged until done runs (the PutLogEvents body
+ * is built again after a create step instead of being held through it).
+ * Group and stream names are copied. The result passed to done lives for
+ * the call.
  *
  * Threads: the loop thread only; never blocks. cwlogs_free must not be
  * called from inside a done callback.
@@ -115,7 +120,7 @@ struct cwlogs *cwlogs_new(struct ev_loop *loop, struct http_client *http,
 void cwlogs_free(struct cwlogs *cw);
 
 /* Puts count events (chronological) into group/stream. Returns a call id,
- * or 0 on bad arguments (no callback then). */
+ * or 0 on bad arguments or no memory (no callback then). */
 uint64_t cwlogs_put_events(struct cwlogs *cw, const char *group, const char *stream,
 			   const struct cwlogs_event *events, size_t count, cwlogs_done_fn done,
 			   void *arg);
@@ -169,8 +174,9 @@ enum cwlogs_error_class cwlogs_classify(long status, const char *code, const cha
 /* ---- reading: FilterLogEvents and GetLogEvents (the coordinator's
  * `slipway logs` in CloudWatch mode) ----
  *
- * One call = one request (one page). Throttling, 5xx and transport failures
- * are retried with backoff up to CWLOGS_READ_ATTEMPTS attempts in all (a
+ * One call = one request (one page). Throttling, 5xx, transport and
+ * credentials-fetch failures are retried with backoff up to
+ * CWLOGS_READ_ATTEMPTS attempts in all (a
  * person is waiting: the caller answers 503 rather than wait forever);
  * credentials are refreshed once and a clock skew corrected once, as for
  * puts. ResourceNotFoundException (no such group or stream: nothing was ever

@@ -16,8 +16,9 @@
  * Flow control: http_client_pause() holds a running request's receiving
  * side back (nothing more reaches on_data, the peer is slowed by TCP) until
  * it is resumed, without closing the connection. recv_buffer sets curl's
- * receive buffer per request (the most a single on_data call gets), so a
- * long-lived, mostly idle stream need not cost curl's 16 KiB default.
+ * receive buffer per request (the most a single on_data call gets, except
+ * that bytes curl held across a pause may come back joined in one call), so
+ * a long-lived, mostly idle stream need not cost curl's 16 KiB default.
  *
  * Connections: kept open after an answer for the next request to the same
  * place, but a client keeps at most HTTP_IDLE_CONNECTIONS_MAX idle ones

@@ -438,7 +438,17 @@ static int start(struct store_tx *tx, struct coord *c, const char *app, const ch
 		return err_set(&tx->err, "no randomness");
 	if (supersede_running(tx, app, rid) < 0)
 		return -1;
-	int64_t gen = a.generation + 1;
+	/* Above anything an agent already applied, too: after a store restored from
+	 * a backup, apps.generation may be behind the fleet, whose heartbeats
+	 * report what it runs; a generation at or below that would be superseded. */
+	int64_t gen = a.generation;
+	st = store_stmt(tx, "SELECT max(applied_generation) FROM agent_apps WHERE app = ?");
+	if (!st)
+		return -1;
+	sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+	if (store_step(tx, st) == SQLITE_ROW && sqlite3_column_int64(st, 0) > gen)
+		gen = sqlite3_column_int64(st, 0);
+	gen++;
 	/* A release command runs first: the app keeps its generation and release
 	 * until it exits 0 (rollout_release_phase_done_tx). */
 	int phase = targets ? 0 : runs_release_phase_wanted_tx(tx, release, trigger);

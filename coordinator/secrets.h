@@ -9,7 +9,7 @@
  * column does not open.
  *
  * The master key comes from secrets.master_key (64 hex digits, e.g. from the
- * environment) or from the file secrets.master_key_file (default
+ * environment) or from the file secrets.master_key_path (default
  * <data.dir>/master.key), created at first start with mode 0600 (a file that
  * group or others may read is refused). A sealed canary in the meta table
  * tells a wrong key at start-up, before anything is served.

@@ -66,15 +66,14 @@ import argparse
 import json
 import os
 import re
-import socket
 import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from awssig import CODES_JSON, AwsError, Verifier, http_date  # noqa: E402
+import awsfake  # noqa: E402
+from awssig import CODES_JSON, AwsError, Verifier  # noqa: E402
 
 MAX_BATCH_BYTES = 1048576
 EVENT_OVERHEAD = 26
@@ -86,6 +85,10 @@ RETENTION_DAYS = {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
                   2192, 2557, 2922, 3288, 3653}
 TARGET_PREFIX = "Logs_20140328."
 SEQ_RE = re.compile(r"seq=(\d+)")
+FAULT_ERRORS = {
+    "throttle": (400, "ThrottlingException", "Rate exceeded"),
+    "error500": (500, "ServiceUnavailableException", "The service cannot complete the request."),
+}
 
 
 class Stream:
@@ -115,7 +118,8 @@ class State:
         self.creds = creds              # access key -> {"secret":, "token":}
         self.expired_tokens = set()
         self.groups = {}                # name -> {"retention": int|None, "streams": {}, "created"}
-        self.faults = []
+        self.faults = awsfake.Faults(self.lock, ("throttle", "error500", "drop", "drop_after",
+                                                 "slow", "partial"))
         self.clock_offset_ms = 0
         self.store = True
         self.requests = {}
@@ -131,39 +135,6 @@ class State:
 
 
 S = None
-
-
-# ---- SigV4: checked by awssig.py (shared by every AWS fake) ----
-
-def verify_sigv4(method, raw_path, raw_query, headers, body):
-    """headers: list of (name, value). Returns the access key; raises AwsError."""
-    return S.verifier.verify(method, raw_path, raw_query, headers, body)
-
-
-# ---- faults ----
-
-def take_fault(target, group, stream):
-    """The first active fault matching target (and group and stream, when the
-    fault names them), consuming one use; or None."""
-    now = time.time()
-    with S.lock:
-        for f in list(S.faults):
-            if f.get("until") is not None and now > f["until"]:
-                S.faults.remove(f)
-                continue
-            want = f.get("target")
-            if want not in (None, "*") and want != target:
-                continue
-            if f.get("group") and f["group"] != group:
-                continue
-            if f.get("stream") and f["stream"] != stream:
-                continue
-            if f.get("until") is None:
-                f["count"] -= 1
-                if f["count"] <= 0:
-                    S.faults.remove(f)
-            return dict(f)
-    return None
 
 
 # ---- operations ----
@@ -496,7 +467,7 @@ def summary():
     return out
 
 
-def control(handler, method, path, query, body):
+def control(method, path, query, body):
     if method == "POST" and path == "/_fake/fault":
         f = json.loads(body or b"{}")
         kind = f.get("kind")
@@ -517,17 +488,11 @@ def control(handler, method, path, query, body):
                         c["token"] = f.get("new_token") or ("tok-" + str(time.time_ns()))
                         resp["new_token"] = c["token"]
             return resp
-        if kind not in ("throttle", "error500", "drop", "drop_after", "slow", "partial"):
-            raise ValueError(f"unknown fault {kind}")
-        f["count"] = int(f.get("count") or 1)
-        f["until"] = time.time() + float(f["seconds"]) if f.get("seconds") else None
-        f.setdefault("target", "PutLogEvents")
-        with S.lock:
-            S.faults.append(f)
+        S.faults.add(f, default_target="PutLogEvents")
         return resp
     if method == "POST" and path == "/_fake/clear":
+        S.faults.clear()
         with S.lock:
-            S.faults.clear()
             S.clock_offset_ms = 0
         return {"ok": True}
     if method == "POST" and path == "/_fake/config":
@@ -540,7 +505,7 @@ def control(handler, method, path, query, body):
         with S.lock:
             return {"requests": dict(S.requests), "errors": dict(S.errors),
                     "accepted": S.accepted, "rejected": S.rejected,
-                    "faults": [dict(f) for f in S.faults]}
+                    "faults": [dict(f) for f in S.faults.items]}
     if method == "GET" and path == "/_fake/streams":
         return {"streams": summary()}
     if method == "GET" and path == "/_fake/rate":
@@ -564,127 +529,40 @@ def control(handler, method, path, query, body):
     raise KeyError(path)
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(awsfake.JsonHandler):
     server_version = "fake-cloudwatch"
+    json_type = "application/x-amz-json-1.1"
+    control_type = json_type
+    target_prefix = TARGET_PREFIX
+    fault_errors = FAULT_ERRORS
+    known_ops = set(OPS) | {"PutLogEvents"}
+    control = staticmethod(control)
 
-    def log_message(self, fmt, *args):
-        pass
+    def state(self):
+        return S
 
-    def date_time_string(self, timestamp=None):
-        # The Date header shows the fake's clock (skewed on purpose by the
-        # "skew" fault): clients correct their offset from it.
-        return http_date(S.now_ms() if timestamp is None else int(timestamp * 1000))
+    def fake_now_ms(self):
+        return S.now_ms()
 
-    def send_json(self, status, doc, extra=None):
-        data = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/x-amz-json-1.1")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-amzn-RequestId", "%032x" % time.time_ns())
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+    def take_fault(self, op, doc):
+        return S.faults.take(op, group=doc.get("logGroupName"),
+                             stream=doc.get("logStreamName"))
 
-    def read_body(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
-
-    def drop(self):
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def do_GET(self):
-        self.handle_any("GET")
-
-    def do_POST(self):
-        self.handle_any("POST")
-
-    def handle_any(self, method):
-        url = urllib.parse.urlsplit(self.path)
-        body = self.read_body()
-        if url.path.startswith("/_fake/"):
-            try:
-                doc = control(self, method, url.path, url.query, body)
-                self.send_json(200, doc)
-            except (KeyError, ValueError) as e:
-                self.send_json(400, {"error": str(e)})
-            return
-        target = self.headers.get("X-Amz-Target") or ""
-        op = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
-        with S.lock:
-            S.requests[op or target] = S.requests.get(op or target, 0) + 1
-        try:
-            if method != "POST" or url.path != "/":
-                raise AwsError(404, "UnknownOperationException", "Unknown operation")
-            verify_sigv4(method, url.path, url.query, list(self.headers.items()), body)
-            if not op or (op not in OPS and op != "PutLogEvents"):
-                raise AwsError(400, "UnknownOperationException",
-                               f"Unknown operation {target}")
-            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-            if ctype != "application/x-amz-json-1.1":
-                raise AwsError(400, "SerializationException",
-                               f"Unexpected content type {ctype!r}")
-            try:
-                doc = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                raise AwsError(400, "SerializationException",
-                               "Start of structure or map found where not expected.")
-            if not isinstance(doc, dict):
-                raise AwsError(400, "SerializationException", "Expected an object")
-            fault = take_fault(op, doc.get("logGroupName"), doc.get("logStreamName"))
-            if fault:
-                k = fault["kind"]
-                with S.lock:
-                    S.errors["fault:" + k] = S.errors.get("fault:" + k, 0) + 1
-                if k == "throttle":
-                    raise AwsError(400, "ThrottlingException", "Rate exceeded")
-                if k == "error500":
-                    raise AwsError(500, "ServiceUnavailableException",
-                                   "The service cannot complete the request.")
-                if k == "drop":
-                    self.drop()
-                    return
-                if k == "slow":
-                    time.sleep(float(fault.get("ms", 2000)) / 1000.0)
-            if op == "PutLogEvents":
-                out = op_put_log_events(doc, fault)
-            else:
-                out = OPS[op](doc)
-            if fault and fault["kind"] == "drop_after":
-                self.drop()
-                return
-            self.send_json(200, out)
-        except AwsError as e:
-            with S.lock:
-                S.errors[e.code] = S.errors.get(e.code, 0) + 1
-            extra = {"x-amzn-ErrorType": e.code}
-            extra.update(e.headers)
-            self.send_json(e.status, {"__type": e.code, "message": e.message}, extra)
+    def call(self, op, akid, doc, fault):
+        if op == "PutLogEvents":
+            return op_put_log_events(doc, fault)
+        return OPS[op](doc)
 
 
 def main():
     global S
     ap = argparse.ArgumentParser()
-    ap.add_argument("--region", default="us-east-1")
-    ap.add_argument("--access-key", default="AKIDFAKECLOUDWATCH")
-    ap.add_argument("--secret-key", default="fake-secret-key-for-tests")
-    ap.add_argument("--token", default=None)
+    awsfake.add_key_args(ap, "AKIDFAKECLOUDWATCH", "fake-secret-key-for-tests")
     ap.add_argument("--no-store", action="store_true")
     a = ap.parse_args()
-    S = State(a.region, {a.access_key: {"secret": a.secret_key, "token": a.token}})
+    S = State(a.region, awsfake.creds_of(a))
     S.store = not a.no_store
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    print(srv.server_address[1], flush=True)
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    awsfake.serve(Handler)
 
 
 if __name__ == "__main__":

@@ -48,20 +48,23 @@ import base64
 import json
 import os
 import re
-import socket
 import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from awssig import CODES_JSON, AwsError, Verifier, http_date  # noqa: E402
+import awsfake  # noqa: E402
+from awssig import CODES_JSON, AwsError, Verifier  # noqa: E402
 
 TARGET_PREFIX = "AmazonEC2ContainerRegistry_V20150921."
 CONTENT_TYPE = "application/x-amz-json-1.1"
 NAME_RE = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
 REGISTRY_RE = re.compile(r"[0-9]{12}")
+FAULT_ERRORS = {
+    "throttle": (400, "ThrottlingException", "Rate exceeded"),
+    "error500": (500, "ServerException", "Internal error"),
+}
 
 
 class State:
@@ -74,7 +77,7 @@ class State:
         self.ttl_s = ttl_s
         self.repos = {}           # name -> dict
         self.tokens = {}          # password -> {"expires_at", "akid", "registry", "issued_at"}
-        self.faults = []
+        self.faults = awsfake.Faults(self.lock, ("throttle", "error500", "drop", "slow"))
         self.requests = {}
         self.errors = {}
 
@@ -87,24 +90,6 @@ S = None
 
 def registry_host():
     return urllib.parse.urlsplit(S.proxy_endpoint).netloc
-
-
-def take_fault(action):
-    now = time.time()
-    with S.lock:
-        for f in list(S.faults):
-            if f.get("until") is not None and now > f["until"]:
-                S.faults.remove(f)
-                continue
-            want = f.get("target")
-            if want not in (None, "*") and want != action:
-                continue
-            if f.get("until") is None:
-                f["count"] -= 1
-                if f["count"] <= 0:
-                    S.faults.remove(f)
-            return dict(f)
-    return None
 
 
 def repo_doc(r):
@@ -226,33 +211,18 @@ OPS = {
 }
 
 
+def expire_registry_tokens(f):
+    with S.lock:
+        for t in S.tokens.values():
+            t["expires_at"] = min(t["expires_at"], S.now_ms() / 1000.0)
+    return {"ok": True}
+
+
 def control(method, path, query, body):
-    if method == "POST" and path == "/_fake/fault":
-        f = json.loads(body or b"{}")
-        kind = f.get("kind")
-        if kind == "skew":
-            S.verifier.offset_ms = int(float(f.get("offset_s", 0)) * 1000)
-            return {"ok": True}
-        if kind == "expired_token":
-            new = S.verifier.expire_token(f.get("new_token"))
-            return {"ok": True, "new_tokens": new, "new_token": next(iter(new.values()), None)}
-        if kind == "expire_registry_tokens":
-            with S.lock:
-                for t in S.tokens.values():
-                    t["expires_at"] = min(t["expires_at"], S.now_ms() / 1000.0)
-            return {"ok": True}
-        if kind not in ("throttle", "error500", "drop", "slow"):
-            raise ValueError(f"unknown fault {kind}")
-        f["count"] = int(f.get("count") or 1)
-        f["until"] = time.time() + float(f["seconds"]) if f.get("seconds") else None
-        with S.lock:
-            S.faults.append(f)
-        return {"ok": True}
-    if method == "POST" and path == "/_fake/clear":
-        with S.lock:
-            S.faults.clear()
-        S.verifier.offset_ms = 0
-        return {"ok": True}
+    done = awsfake.fault_control(method, path, body, S.faults, S.verifier,
+                                 {"expire_registry_tokens": expire_registry_tokens})
+    if done is not None:
+        return done
     if method == "POST" and path == "/_fake/config":
         f = json.loads(body or b"{}")
         with S.lock:
@@ -279,121 +249,34 @@ def control(method, path, query, body):
     raise KeyError(path)
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(awsfake.JsonHandler):
     server_version = "fake-ecr"
+    json_type = CONTENT_TYPE
+    target_prefix = TARGET_PREFIX
+    fault_errors = FAULT_ERRORS
+    known_ops = OPS
+    control = staticmethod(control)
 
-    def log_message(self, fmt, *args):
-        pass
+    def state(self):
+        return S
 
-    def date_time_string(self, timestamp=None):
-        return http_date(S.now_ms() if timestamp is None else int(timestamp * 1000))
+    def fake_now_ms(self):
+        return S.now_ms()
 
-    def send_json(self, status, doc, extra=None, ctype=CONTENT_TYPE):
-        data = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-amzn-RequestId", "%032x" % time.time_ns())
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self.handle_any("GET")
-
-    def do_POST(self):
-        self.handle_any("POST")
-
-    def handle_any(self, method):
-        url = urllib.parse.urlsplit(self.path)
-        n = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(n) if n else b""
-        if url.path.startswith("/_fake/"):
-            try:
-                self.send_json(200, control(method, url.path, url.query, body),
-                               ctype="application/json")
-            except (KeyError, ValueError) as e:
-                self.send_json(400, {"error": str(e)}, ctype="application/json")
-            return
-        target = self.headers.get("X-Amz-Target") or ""
-        action = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
-        with S.lock:
-            S.requests[action or target] = S.requests.get(action or target, 0) + 1
-        try:
-            if method != "POST" or url.path != "/":
-                raise AwsError(404, "UnknownOperationException", "Unknown operation")
-            akid = S.verifier.verify(method, url.path, url.query, list(self.headers.items()),
-                                     body)
-            if action not in OPS:
-                raise AwsError(400, "UnknownOperationException", f"Unknown operation {target}")
-            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-            if ctype != CONTENT_TYPE:
-                raise AwsError(400, "SerializationException", f"Unexpected content type {ctype!r}")
-            try:
-                doc = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                raise AwsError(400, "SerializationException",
-                               "Start of structure or map found where not expected.")
-            if not isinstance(doc, dict):
-                raise AwsError(400, "SerializationException", "Expected an object")
-            fault = take_fault(action)
-            if fault:
-                k = fault["kind"]
-                with S.lock:
-                    S.errors["fault:" + k] = S.errors.get("fault:" + k, 0) + 1
-                if k == "throttle":
-                    raise AwsError(400, "ThrottlingException", "Rate exceeded")
-                if k == "error500":
-                    raise AwsError(500, "ServerException", "Internal error")
-                if k == "drop":
-                    self.close_connection = True
-                    try:
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                    return
-                if k == "slow":
-                    time.sleep(float(fault.get("ms", 2000)) / 1000.0)
-            self.send_json(200, OPS[action](doc, akid))
-        except AwsError as e:
-            with S.lock:
-                S.errors[e.code] = S.errors.get(e.code, 0) + 1
-            extra = {"x-amzn-ErrorType": e.code}
-            extra.update(e.headers)
-            self.send_json(e.status, {"__type": e.code, "message": e.message}, extra)
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
+    def call(self, op, akid, doc, fault):
+        return OPS[op](doc, akid)
 
 
 def main():
     global S
     ap = argparse.ArgumentParser()
-    ap.add_argument("--region", default="us-east-1")
+    awsfake.add_key_args(ap, "AKIDFAKEECR", "fake-secret-key-for-ecr-tests", more_keys=True)
     ap.add_argument("--account", default="123456789012")
-    ap.add_argument("--access-key", default="AKIDFAKEECR")
-    ap.add_argument("--secret-key", default="fake-secret-key-for-ecr-tests")
-    ap.add_argument("--token", default=None)
-    ap.add_argument("--key", action="append", default=[],
-                    help="another identity: AKID:SECRET[:TOKEN] (repeatable)")
     ap.add_argument("--proxy-endpoint", required=True)
     ap.add_argument("--token-ttl-s", type=float, default=12 * 3600)
     a = ap.parse_args()
-    creds = {a.access_key: {"secret": a.secret_key, "token": a.token}}
-    for k in a.key:
-        parts = k.split(":", 2)
-        creds[parts[0]] = {"secret": parts[1], "token": parts[2] if len(parts) > 2 else None}
-    S = State(a.region, a.account, creds,
-              a.proxy_endpoint, a.token_ttl_s)
-    srv = Server(("127.0.0.1", 0), Handler)
-    print(srv.server_address[1], flush=True)
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    S = State(a.region, a.account, awsfake.creds_of(a), a.proxy_endpoint, a.token_ttl_s)
+    awsfake.serve(Handler)
 
 
 if __name__ == "__main__":

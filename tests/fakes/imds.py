@@ -47,11 +47,12 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import awsfake  # noqa: E402
 
 CREDS_PREFIX = "/latest/meta-data/iam/security-credentials/"
 META = "/latest/meta-data/"
@@ -111,8 +112,7 @@ class State:
         }
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(awsfake.Handler):
     server_version = "EC2ws"
     state = None  # set in main
     verbose = False
@@ -153,11 +153,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 fail = None
         if drop:
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self.drop()
             return True
         if fail:
             self._send(fail, "injected failure\n")
@@ -320,26 +316,6 @@ class Handler(BaseHTTPRequestHandler):
         return self._send(200, json.dumps(snap), "application/json")
 
 
-def watch_parent(parent):
-    """Exits when stdin closes or the parent is gone (the test died)."""
-    def on_stdin():
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except (OSError, ValueError):
-            pass
-        os._exit(0)
-
-    def on_parent():
-        while True:
-            if os.getppid() != parent:
-                os._exit(0)
-            time.sleep(0.5)
-
-    threading.Thread(target=on_stdin, daemon=True).start()
-    threading.Thread(target=on_parent, daemon=True).start()
-
-
 def main():
     ap = argparse.ArgumentParser(description="fake IMDSv2")
     ap.add_argument("--role", default="slipway-test-role")
@@ -354,15 +330,7 @@ def main():
 
     Handler.state = State(args)
     Handler.verbose = args.verbose
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    sys.stdout.write("%d\n" % server.server_address[1])
-    sys.stdout.flush()
-    watch_parent(os.getppid())
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    awsfake.serve(Handler, watch=True)
 
 
 if __name__ == "__main__":

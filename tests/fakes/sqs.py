@@ -75,15 +75,14 @@ import hashlib
 import json
 import os
 import re
-import socket
 import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from awssig import CODES_QUERY, AwsError, Verifier, http_date  # noqa: E402
+import awsfake  # noqa: E402
+from awssig import CODES_QUERY, AwsError, Verifier  # noqa: E402
 
 TARGET_PREFIX = "AmazonSQS."
 CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -145,6 +144,13 @@ ATTR_TEXT = ("Policy", "RedrivePolicy", "RedriveAllowPolicy", "KmsMasterKeyId",
              "KmsDataKeyReusePeriodSeconds")
 SYSTEM_ATTRS = ("SenderId", "SentTimestamp", "ApproximateReceiveCount",
                 "ApproximateFirstReceiveTimestamp")
+FAULT_ERRORS = {
+    "throttle": (400, "RequestThrottled", "Request is throttled."),
+    "throttle_exc": (400, "ThrottlingException", "Rate exceeded"),
+    "error500": (500, "InternalFailure", "The request processing has failed because of an "
+                 "unknown error, exception or failure."),
+    "error503": (503, "ServiceUnavailable", "Service is unable to handle request."),
+}
 
 
 def err(name, message):
@@ -211,7 +217,9 @@ class State:
         self.queues = {}                # name -> Queue
         self.deleted_at = {}            # name -> time.time() of its DeleteQueue
         self.deleted_recently_s = 60.0
-        self.faults = []
+        self.faults = awsfake.Faults(self.lock, ("throttle", "throttle_exc", "error500",
+                                                 "error503", "drop", "drop_after", "slow",
+                                                 "entry_fail", "bad_md5"))
         self.requests = {}
         self.errors = {}
         self.calls = []                 # recent calls, for assertions
@@ -222,26 +230,6 @@ class State:
 
 
 S = None
-
-
-def take_fault(action, queue):
-    now = time.time()
-    with S.lock:
-        for f in list(S.faults):
-            if f.get("until") is not None and now > f["until"]:
-                S.faults.remove(f)
-                continue
-            want = f.get("target")
-            if want not in (None, "*") and want != action:
-                continue
-            if f.get("queue") and f["queue"] != queue:
-                continue
-            if f.get("until") is None:
-                f["count"] -= 1
-                if f["count"] <= 0:
-                    S.faults.remove(f)
-            return dict(f)
-    return None
 
 
 # ---- request helpers ----
@@ -715,30 +703,9 @@ def message_state(m, now):
 
 
 def control(method, path, query, body):
-    if method == "POST" and path == "/_fake/fault":
-        f = json.loads(body or b"{}")
-        kind = f.get("kind")
-        resp = {"ok": True}
-        if kind == "skew":
-            S.verifier.offset_ms = int(float(f.get("offset_s", 0)) * 1000)
-            return resp
-        if kind == "expired_token":
-            resp["new_tokens"] = S.verifier.expire_token(f.get("new_token"))
-            resp["new_token"] = next(iter(resp["new_tokens"].values()), None)
-            return resp
-        if kind not in ("throttle", "throttle_exc", "error500", "error503", "drop",
-                        "drop_after", "slow", "entry_fail", "bad_md5"):
-            raise ValueError(f"unknown fault {kind}")
-        f["count"] = int(f.get("count") or 1)
-        f["until"] = time.time() + float(f["seconds"]) if f.get("seconds") else None
-        with S.lock:
-            S.faults.append(f)
-        return resp
-    if method == "POST" and path == "/_fake/clear":
-        with S.lock:
-            S.faults.clear()
-        S.verifier.offset_ms = 0
-        return {"ok": True}
+    done = awsfake.fault_control(method, path, body, S.faults, S.verifier)
+    if done is not None:
+        return done
     if method == "POST" and path == "/_fake/config":
         f = json.loads(body or b"{}")
         with S.lock:
@@ -749,7 +716,7 @@ def control(method, path, query, body):
         with S.lock:
             return {"requests": dict(S.requests), "errors": dict(S.errors),
                     "verified": S.verifier.verified, "queues": len(S.queues),
-                    "faults": [dict(f) for f in S.faults]}
+                    "faults": [dict(f) for f in S.faults.items]}
     if method == "GET" and path == "/_fake/queues":
         now = time.time()
         with S.lock:
@@ -782,148 +749,54 @@ def control(method, path, query, body):
     raise KeyError(path)
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(awsfake.JsonHandler):
     server_version = "fake-sqs"
+    json_type = CONTENT_TYPE
+    target_prefix = TARGET_PREFIX
+    fault_errors = FAULT_ERRORS
+    known_ops = OPS
+    path_status = 400
+    control = staticmethod(control)
 
-    def log_message(self, fmt, *args):
-        pass
+    def state(self):
+        return S
 
-    def date_time_string(self, timestamp=None):
-        # The Date header shows the fake's clock (moved on purpose by the "skew"
-        # fault): clients correct their offset from it.
-        return http_date(S.now_ms() if timestamp is None else int(timestamp * 1000))
-
-    def send_json(self, status, doc, extra=None, ctype=CONTENT_TYPE):
-        data = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-amzn-RequestId", "%032x" % time.time_ns())
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def read_body(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
-
-    def drop(self):
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def do_GET(self):
-        self.handle_any("GET")
-
-    def do_POST(self):
-        self.handle_any("POST")
+    def fake_now_ms(self):
+        return S.now_ms()
 
     def send_error_doc(self, e):
-        with S.lock:
-            S.errors[e.code] = S.errors.get(e.code, 0) + 1
+        awsfake.bump(S.lock, S.errors, e.code)
         status, qcode, side = ERRORS.get(e.code, (e.status, e.code, "Sender"))
         extra = {"x-amzn-query-error": f"{qcode};{side}"}
         extra.update(e.headers)
         self.send_json(e.status or status, {"__type": "com.amazonaws.sqs#" + e.code,
                                             "message": e.message}, extra)
 
-    def handle_any(self, method):
-        url = urllib.parse.urlsplit(self.path)
-        body = self.read_body()
-        if url.path.startswith("/_fake/"):
-            try:
-                self.send_json(200, control(method, url.path, url.query, body),
-                               ctype="application/json")
-            except (KeyError, ValueError) as e:
-                self.send_json(400, {"error": str(e)}, ctype="application/json")
-            return
-        target = self.headers.get("X-Amz-Target") or ""
-        action = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
-        with S.lock:
-            S.requests[action or target] = S.requests.get(action or target, 0) + 1
-        try:
-            if method != "POST" or url.path != "/":
-                raise err("UnknownOperationException", "Unknown operation")
-            akid = S.verifier.verify(method, url.path, url.query, list(self.headers.items()),
-                                     body)
-            if action not in OPS:
-                raise err("UnknownOperationException", f"Unknown operation {target}")
-            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-            if ctype != CONTENT_TYPE:
-                raise AwsError(400, "SerializationException", f"Unexpected content type {ctype!r}")
-            try:
-                doc = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                raise AwsError(400, "SerializationException",
-                               "Start of structure or map found where not expected.")
-            if not isinstance(doc, dict):
-                raise AwsError(400, "SerializationException", "Expected an object")
-            qname = doc.get("QueueName")
-            if qname is None and isinstance(doc.get("QueueUrl"), str):
-                qname = queue_name_of_url(doc["QueueUrl"])
-            fault = take_fault(action, qname)
-            if fault:
-                k = fault["kind"]
-                with S.lock:
-                    S.errors["fault:" + k] = S.errors.get("fault:" + k, 0) + 1
-                if k == "throttle":
-                    raise err("RequestThrottled", "Request is throttled.")
-                if k == "throttle_exc":
-                    raise err("ThrottlingException", "Rate exceeded")
-                if k == "error500":
-                    raise err("InternalFailure", "The request processing has failed because of "
-                              "an unknown error, exception or failure.")
-                if k == "error503":
-                    raise err("ServiceUnavailable", "Service is unable to handle request.")
-                if k == "drop":
-                    self.drop()
-                    return
-                if k == "slow":
-                    time.sleep(float(fault.get("ms", 2000)) / 1000.0)
-            out = OPS[action](doc, {"akid": akid, "fault": fault})
-            if fault and fault["kind"] == "drop_after":
-                self.drop()
-                return
-            self.send_json(200, out)
-        except AwsError as e:
-            self.send_error_doc(e)
+    def take_fault(self, op, doc):
+        qname = doc.get("QueueName")
+        if qname is None and isinstance(doc.get("QueueUrl"), str):
+            qname = queue_name_of_url(doc["QueueUrl"])
+        return S.faults.take(op, queue=qname)
 
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024        # a thousand agents long-poll at once
+    def call(self, op, akid, doc, fault):
+        return OPS[op](doc, {"akid": akid, "fault": fault})
 
 
 def main():
     global S
     ap = argparse.ArgumentParser()
-    ap.add_argument("--region", default="us-east-1")
+    awsfake.add_key_args(ap, "AKIDFAKESQS", "fake-secret-key-for-sqs-tests", more_keys=True)
     ap.add_argument("--account", default="123456789012")
-    ap.add_argument("--access-key", default="AKIDFAKESQS")
-    ap.add_argument("--secret-key", default="fake-secret-key-for-sqs-tests")
-    ap.add_argument("--token", default=None)
-    ap.add_argument("--key", action="append", default=[],
-                    help="another identity: AKID:SECRET[:TOKEN] (repeatable)")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--deleted-recently-s", type=float, default=60.0)
     a = ap.parse_args()
-    creds = {a.access_key: {"secret": a.secret_key, "token": a.token}}
-    for k in a.key:
-        parts = k.split(":", 2)
-        creds[parts[0]] = {"secret": parts[1], "token": parts[2] if len(parts) > 2 else None}
-    S = State(a.region, a.account, creds)
+    S = State(a.region, a.account, awsfake.creds_of(a))
     S.deleted_recently_s = a.deleted_recently_s
-    srv = Server(("127.0.0.1", a.port), Handler)
-    S.base_url = f"http://127.0.0.1:{srv.server_address[1]}"
-    print(srv.server_address[1], flush=True)
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        pass
+
+    def bound(port):
+        S.base_url = f"http://127.0.0.1:{port}"
+    # A thousand agents long-poll at once: a deep accept backlog.
+    awsfake.serve(Handler, port=a.port, backlog=1024, on_bound=bound)
 
 
 if __name__ == "__main__":

@@ -44,21 +44,25 @@ Binds 127.0.0.1:0, prints its port on stdout's first line; exits when stdin
 closes or its parent goes away.
 """
 import argparse
+import json
 import os
-import socket
 import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import awsfake  # noqa: E402
 from awssig import CODES_QUERY, AwsError, Verifier  # noqa: E402
-import json  # noqa: E402
 
 NS = "https://sts.amazonaws.com/doc/2011-06-15/"
 VERSION = "2011-06-15"
+FAULT_ERRORS = {
+    "throttle": (400, "Throttling", "Rate exceeded"),
+    "error500": (500, "InternalFailure", "An internal error occurred."),
+    "error503": (503, "ServiceUnavailable", "Service unavailable"),
+}
 
 
 class State:
@@ -66,7 +70,8 @@ class State:
         self.lock = threading.Lock()
         self.creds = {}          # akid -> {"secret", "token"}
         self.who = {}            # akid -> {"arn", "user_id", "account"}
-        self.faults = []
+        self.faults = awsfake.Faults(self.lock, ("throttle", "error500", "error503", "drop",
+                                                 "slow", "bad_xml"), name_unknown=False)
         self.requests = 0
         self.answered = {}
         self.calls = []
@@ -88,98 +93,36 @@ class State:
 S = None
 
 
-def take_fault():
-    now = time.time()
-    with S.lock:
-        for f in list(S.faults):
-            if f.get("until") is not None and now > f["until"]:
-                S.faults.remove(f)
-                continue
-            if f.get("until") is None:
-                f["count"] -= 1
-                if f["count"] <= 0:
-                    S.faults.remove(f)
-            return dict(f)
-    return None
-
-
 def request_id():
     t = "%032x" % time.time_ns()
     return f"{t[:8]}-{t[8:12]}-{t[12:16]}-{t[16:20]}-{t[20:32]}"
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+def control(method, path, query, body):
+    if method == "POST" and path == "/_fake/identity":
+        S.add(json.loads(body))
+        return {"ok": True}
+    done = awsfake.fault_control(method, path, body, S.faults, S.verifier, one_token=False,
+                                 skew=False)
+    if done is not None:
+        return done
+    if method == "GET" and path == "/_fake/stats":
+        with S.lock:
+            return {"requests": S.requests, "answered": dict(S.answered),
+                    "calls": list(S.calls)}
+    raise KeyError(path)
+
+
+class Handler(awsfake.Handler):
     server_version = "fake-sts"
 
-    def log_message(self, fmt, *args):
-        pass
-
-    def send(self, status, body, ctype="text/xml"):
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-amzn-RequestId", request_id())
-        self.end_headers()
-        self.wfile.write(data)
-
-    def send_error_xml(self, e):
-        kind = "Sender" if e.status < 500 else "Receiver"
-        self.send(e.status, f'<ErrorResponse xmlns="{NS}">\n  <Error>\n    <Type>{kind}</Type>\n'
-                            f'    <Code>{escape(e.code)}</Code>\n    <Message>{escape(e.message)}'
-                            f'</Message>\n  </Error>\n  <RequestId>{request_id()}</RequestId>\n'
-                            f'</ErrorResponse>\n')
-
-    def drop(self):
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def do_GET(self):
-        self.handle_any("GET")
-
-    def do_POST(self):
-        self.handle_any("POST")
-
-    def control(self, method, path, body):
-        if method == "POST" and path == "/_fake/identity":
-            S.add(json.loads(body))
-            return {"ok": True}
-        if method == "POST" and path == "/_fake/fault":
-            f = json.loads(body or b"{}")
-            if f.get("kind") == "expired_token":
-                return {"ok": True, "new_tokens": S.verifier.expire_token(f.get("new_token"))}
-            if f.get("kind") not in ("throttle", "error500", "error503", "drop", "slow",
-                                     "bad_xml"):
-                raise ValueError("unknown fault")
-            f["count"] = int(f.get("count") or 1)
-            f["until"] = time.time() + float(f["seconds"]) if f.get("seconds") else None
-            with S.lock:
-                S.faults.append(f)
-            return {"ok": True}
-        if method == "POST" and path == "/_fake/clear":
-            with S.lock:
-                S.faults.clear()
-            return {"ok": True}
-        if method == "GET" and path == "/_fake/stats":
-            with S.lock:
-                return {"requests": S.requests, "answered": dict(S.answered),
-                        "calls": list(S.calls)}
-        raise KeyError(path)
+    def request_id(self):
+        return request_id()
 
     def handle_any(self, method):
         url = urllib.parse.urlsplit(self.path)
-        n = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(n) if n else b""
-        if url.path.startswith("/_fake/"):
-            try:
-                self.send(200, json.dumps(self.control(method, url.path, body)),
-                          "application/json")
-            except (KeyError, ValueError) as e:
-                self.send(400, json.dumps({"error": str(e)}), "application/json")
+        body = self.read_body()
+        if self.serve_control(method, url, body, control):
             return
         call = {"method": method, "host": self.headers.get("Host"),
                 "headers": [k.lower() for k in self.headers.keys()],
@@ -190,21 +133,10 @@ class Handler(BaseHTTPRequestHandler):
                 S.calls.append(call)
         code = "OK"
         try:
-            fault = take_fault()
-            if fault:
-                k = fault["kind"]
-                if k == "drop":
-                    call["code"] = "drop"
-                    self.drop()
-                    return
-                if k == "slow":
-                    time.sleep(float(fault.get("ms", 2000)) / 1000.0)
-                if k == "throttle":
-                    raise AwsError(400, "Throttling", "Rate exceeded")
-                if k == "error500":
-                    raise AwsError(500, "InternalFailure", "An internal error occurred.")
-                if k == "error503":
-                    raise AwsError(503, "ServiceUnavailable", "Service unavailable")
+            fault = S.faults.take()
+            if self.apply_fault(fault, FAULT_ERRORS):
+                call["code"] = "drop"
+                return
             if url.path != "/":
                 raise AwsError(404, "NotFound", "Not found")
             params = urllib.parse.parse_qs(url.query, keep_blank_values=True)
@@ -235,52 +167,29 @@ class Handler(BaseHTTPRequestHandler):
             with S.lock:
                 who = dict(S.who[akid])
             if fault and fault["kind"] == "bad_xml":
-                self.send(200, "<GetCallerIdentityResponse><Arn>x</Arn>")
+                self.send(200, "<GetCallerIdentityResponse><Arn>x</Arn>", "text/xml")
                 call["code"] = "bad_xml"
                 return
-            self.send(200, f'<GetCallerIdentityResponse xmlns="{NS}">\n'
-                           f'  <GetCallerIdentityResult>\n'
-                           f'    <Arn>{escape(who["arn"])}</Arn>\n'
-                           f'    <UserId>{escape(who["user_id"])}</UserId>\n'
-                           f'    <Account>{escape(who["account"])}</Account>\n'
-                           f'  </GetCallerIdentityResult>\n'
-                           f'  <ResponseMetadata>\n    <RequestId>{request_id()}</RequestId>\n'
-                           f'  </ResponseMetadata>\n</GetCallerIdentityResponse>\n')
+            self.send(200, awsfake.xml_answer(NS, "GetCallerIdentity",
+                                              f'  <GetCallerIdentityResult>\n'
+                                              f'    <Arn>{escape(who["arn"])}</Arn>\n'
+                                              f'    <UserId>{escape(who["user_id"])}</UserId>\n'
+                                              f'    <Account>{escape(who["account"])}</Account>\n'
+                                              f'  </GetCallerIdentityResult>\n',
+                                              request_id()), "text/xml")
         except AwsError as e:
             code = e.code
-            self.send_error_xml(e)
+            self.send(e.status, awsfake.xml_error(NS, e, request_id()), "text/xml")
         finally:
             call["code"] = call["code"] or code
             with S.lock:
                 S.answered[call["code"]] = S.answered.get(call["code"], 0) + 1
 
 
-def watch_parent(parent):
-    def on_stdin():
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except (OSError, ValueError):
-            pass
-        os._exit(0)
-
-    def on_parent():
-        while True:
-            if os.getppid() != parent:
-                os._exit(0)
-            time.sleep(0.5)
-
-    threading.Thread(target=on_stdin, daemon=True).start()
-    threading.Thread(target=on_parent, daemon=True).start()
-
-
 def main():
     global S
     ap = argparse.ArgumentParser()
-    ap.add_argument("--region", default="us-east-1")
-    ap.add_argument("--access-key", default="ASIAFAKESTS000000001")
-    ap.add_argument("--secret-key", default="fake-sts-secret-key")
-    ap.add_argument("--token", default=None)
+    awsfake.add_key_args(ap, "ASIAFAKESTS000000001", "fake-sts-secret-key")
     ap.add_argument("--account", default="123456789012")
     ap.add_argument("--role", default="slipway-agent")
     ap.add_argument("--session", default="i-0123456789abcdef0")
@@ -288,14 +197,7 @@ def main():
     S = State(a.region)
     S.add({"access_key": a.access_key, "secret": a.secret_key, "token": a.token,
            "account": a.account, "role": a.role, "session": a.session})
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    print(srv.server_address[1], flush=True)
-    watch_parent(os.getppid())
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    awsfake.serve(Handler, watch=True)
 
 
 if __name__ == "__main__":

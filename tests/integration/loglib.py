@@ -155,7 +155,8 @@ def container(env, app, service="web", cmd=None, name=None, env_vars=None, tty=F
                            "NetworkMode": env.network}}
     if cmd:
         body["Cmd"] = cmd
-    cname = f"sw{env.run}-{name or app}-{os.urandom(2).hex()}"
+    # 8 random bytes: tests start hundreds of these, and 2 bytes collided.
+    cname = f"sw{env.run}-{name or app}-{os.urandom(8).hex()}"
     st, doc = L.docker("POST", f"/containers/create?name={cname}", body)
     assert st == 201, (st, doc)
     cid = doc["Id"]

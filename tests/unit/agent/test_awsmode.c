@@ -15,18 +15,12 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <ev.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -35,6 +29,7 @@
 #include "clock.h"
 #include "config.h"
 #include "coord_client.h"
+#include "fakeproc.h"
 #include "http_client.h"
 #include "httpd.h"
 #include "log.h"
@@ -46,61 +41,20 @@
 #define SECRET "awsmode-test-secret"
 #define STS "https://sts.eu-west-1.amazonaws.com"
 
-static pid_t imds_pid;
-static int imds_in = -1, imds_port;
+static struct fakeproc imds;
 
 static void imds_start(void)
 {
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[1024];
-	snprintf(script, sizeof script, "%s/tests/fakes/imds.py", top && *top ? top : "/work/main");
-	int in[2], out[2];
-	assert_int_equal(pipe2(in, O_CLOEXEC), 0);
-	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-	imds_pid = fork();
-	assert_true(imds_pid >= 0);
-	if (imds_pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		execlp("python3", "python3", script, "--access-key-id", AKID, "--secret-access-key",
-		       SECRET, "--token", "awsmode-session", (char *)NULL);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	imds_in = in[1];
-	char line[32] = {0};
-	size_t got = 0;
-	while (got < sizeof line - 1 && !strchr(line, '\n')) {
-		struct pollfd pfd = {.fd = out[0], .events = POLLIN};
-		assert_true(poll(&pfd, 1, 20000) > 0);
-		ssize_t r = read(out[0], line + got, sizeof line - 1 - got);
-		assert_true(r > 0);
-		got += (size_t)r;
-	}
-	close(out[0]);
-	imds_port = atoi(line);
-	assert_true(imds_port > 0);
-	char ep[64];
-	snprintf(ep, sizeof ep, "http://127.0.0.1:%d", imds_port);
-	setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", ep, 1);
+	const char *args[] = {"--access-key-id", AKID, "--secret-access-key", SECRET, "--token",
+			      "awsmode-session", NULL};
+	assert_int_equal(fakeproc_start(&imds, "imds.py", args), 0);
+	setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.base, 1);
 }
 
 /* POST /_control to the fake (blocking; the answer is read and dropped). */
 static void imds_control(const char *json)
 {
-	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)imds_port)};
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(connect(s, (struct sockaddr *)&sa, sizeof sa), 0);
-	char req[1024];
-	int n = snprintf(req, sizeof req, "POST /_control HTTP/1.1\r\nHost: x\r\nConnection: "
-			 "close\r\nContent-Length: %zu\r\n\r\n%s", strlen(json), json);
-	assert_true(write(s, req, (size_t)n) == n);
-	char buf[4096];
-	while (read(s, buf, sizeof buf) > 0)
-		;
-	close(s);
+	free(fakeproc_http(&imds, "POST", "/_control", json));
 }
 
 static int group_setup(void **state)
@@ -120,9 +74,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	(void)state;
-	close(imds_in);
-	kill(imds_pid, SIGTERM);
-	waitpid(imds_pid, NULL, 0);
+	fakeproc_stop(&imds);
 	return 0;
 }
 

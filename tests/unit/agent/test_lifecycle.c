@@ -15,22 +15,15 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <ev.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "aws_credentials.h"
-#include "buf.h"
 #include "clock.h"
+#include "fakeproc.h"
 #include "http_client.h"
 #include "json.h"
 #include "lifecycle.h"
@@ -42,103 +35,10 @@
 #define HOOK "slipway-drain"
 #define INSTANCE "i-0123456789abcdef0"
 
-/* ---- a fake started as a subprocess ---- */
-
-struct fake {
-	pid_t pid;
-	int in, out;
-	int port;
-	char base[64];
-};
-
-static void fake_start(struct fake *f, const char *name, const char *const *args)
-{
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[1024];
-	snprintf(script, sizeof script, "%s/tests/fakes/%s", top && *top ? top : "/work/main", name);
-	const char *argv[16] = {"python3", script};
-	size_t n = 2;
-	for (; args && *args && n < 15; args++)
-		argv[n++] = *args;
-	argv[n] = NULL;
-	int in[2], out[2];
-	assert_int_equal(pipe2(in, O_CLOEXEC), 0);
-	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		execvp("python3", (char *const *)argv);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	f->pid = pid;
-	f->in = in[1];
-	f->out = out[0];
-	char line[32] = {0};
-	size_t got = 0;
-	while (got < sizeof line - 1 && !strchr(line, '\n')) {
-		struct pollfd pfd = {.fd = out[0], .events = POLLIN};
-		if (poll(&pfd, 1, 20000) <= 0)
-			fail_msg("%s did not print its port", script);
-		ssize_t r = read(out[0], line + got, sizeof line - 1 - got);
-		if (r <= 0)
-			fail_msg("%s exited before printing its port", script);
-		got += (size_t)r;
-	}
-	f->port = atoi(line);
-	assert_true(f->port > 0 && f->port < 65536);
-	snprintf(f->base, sizeof f->base, "http://127.0.0.1:%d", f->port);
-}
-
-static void fake_stop(struct fake *f)
-{
-	if (f->pid <= 0)
-		return;
-	close(f->in);
-	kill(f->pid, SIGTERM);
-	waitpid(f->pid, NULL, 0);
-	close(f->out);
-	f->pid = 0;
-}
-
-/* A blocking request to the fake's control API; returns the body (malloc'ed). */
-static char *fake_ctl(const struct fake *f, const char *method, const char *path,
-		      const char *body)
-{
-	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	assert_true(s >= 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(connect(s, (struct sockaddr *)&a, sizeof a), 0);
-	char req[4096];
-	size_t bl = body ? strlen(body) : 0;
-	int n = snprintf(req, sizeof req,
-			 "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %zu\r\n"
-			 "\r\n%s",
-			 method, path, bl, body ? body : "");
-	assert_true(write(s, req, (size_t)n) == n);
-	struct buf b;
-	buf_init(&b, 1 << 20);
-	char chunk[4096];
-	ssize_t r;
-	while ((r = read(s, chunk, sizeof chunk)) > 0)
-		buf_append(&b, chunk, (size_t)r);
-	close(s);
-	assert_non_null(b.data);
-	char *sep = strstr(b.data, "\r\n\r\n");
-	assert_non_null(sep);
-	char *out = strdup(sep + 4);
-	buf_free(&b);
-	return out;
-}
-
 /* ---- fixture ---- */
 
 struct fx {
-	struct fake imds, as;
+	struct fakeproc imds, as;
 	struct ev_loop *loop;
 	struct http_client *http;
 	struct aws_credentials_provider *creds;
@@ -229,9 +129,9 @@ static int setup(void **state)
 	(void)state;
 	memset(&F, 0, sizeof F);
 	const char *ia[] = {"--instance-id", INSTANCE, NULL};
-	fake_start(&F.imds, "imds.py", ia);
+	assert_int_equal(fakeproc_start(&F.imds, "imds.py", ia), 0);
 	const char *aa[] = {"--access-key", AKID, "--secret-key", SECRET, NULL};
-	fake_start(&F.as, "autoscaling.py", aa);
+	assert_int_equal(fakeproc_start(&F.as, "autoscaling.py", aa), 0);
 	setenv("AWS_ACCESS_KEY_ID", AKID, 1);
 	setenv("AWS_SECRET_ACCESS_KEY", SECRET, 1);
 	unsetenv("AWS_SESSION_TOKEN");
@@ -243,8 +143,8 @@ static int setup(void **state)
 	ev_timer_init(&F.step_timer, report, 0.0, 0.0);
 	F.hold_ms = 20;
 	/* The group's name comes from the instance's tags. */
-	free(fake_ctl(&F.imds, "POST", "/_control", "{\"tags\":{\"aws:autoscaling:groupName\":\""
-		      GROUP "\"}}"));
+	free(fakeproc_http(&F.imds, "POST", "/_control",
+			   "{\"tags\":{\"aws:autoscaling:groupName\":\"" GROUP "\"}}"));
 	return F.creds ? 0 : -1;
 }
 
@@ -255,15 +155,15 @@ static int teardown(void **state)
 	lifecycle_free(F.lc);
 	aws_credentials_free(F.creds);
 	http_client_free(F.http);
-	fake_stop(&F.imds);
-	fake_stop(&F.as);
+	fakeproc_stop(&F.imds);
+	fakeproc_stop(&F.as);
 	return 0;
 }
 
 /* The fake's last action as a parsed object (caller frees doc). */
 static const cJSON *action(cJSON **doc)
 {
-	char *body = fake_ctl(&F.as, "GET", "/_fake/lifecycle", NULL);
+	char *body = fakeproc_http(&F.as, "GET", "/_fake/lifecycle", NULL);
 	*doc = json_parse(body, strlen(body), 1 << 20, NULL);
 	free(body);
 	assert_non_null(*doc);
@@ -273,9 +173,9 @@ static const cJSON *action(cJSON **doc)
 
 static void start_hook(void)
 {
-	free(fake_ctl(&F.as, "POST", "/_fake/lifecycle", "{\"group\":\"" GROUP "\",\"hook\":\""
+	free(fakeproc_http(&F.as, "POST", "/_fake/lifecycle", "{\"group\":\"" GROUP "\",\"hook\":\""
 		      HOOK "\",\"instance_id\":\"" INSTANCE "\"}"));
-	free(fake_ctl(&F.imds, "POST", "/_control", "{\"lifecycle_state\":\"Terminated\"}"));
+	free(fakeproc_http(&F.imds, "POST", "/_control", "{\"lifecycle_state\":\"Terminated\"}"));
 }
 
 static void run_until(enum lifecycle_state st, int64_t max_ms)
@@ -321,7 +221,7 @@ static void test_spot_then_hook(void **state)
 {
 	(void)state;
 	make(60000, true, GROUP);
-	free(fake_ctl(&F.imds, "POST", "/_control", "{\"spot_action\":{\"in_s\":120}}"));
+	free(fakeproc_http(&F.imds, "POST", "/_control", "{\"spot_action\":{\"in_s\":120}}"));
 	run_until(LIFECYCLE_DONE, 10000);
 	assert_string_equal(F.order, "U D S F");
 	assert_false(lifecycle_completed(F.lc)); /* no hook ran: nothing to complete */
@@ -343,7 +243,7 @@ static void test_stuck_step_and_retries(void **state)
 	make(60000, false, GROUP);
 	F.never_flush = true;
 	/* Auto Scaling answers 500 for a while: the completion is retried. */
-	free(fake_ctl(&F.as, "POST", "/_fake/fault", "{\"kind\":\"error500\",\"count\":4}"));
+	free(fakeproc_http(&F.as, "POST", "/_fake/fault", "{\"kind\":\"error500\",\"count\":4}"));
 	start_hook();
 	run_until(LIFECYCLE_DONE, 30000);
 	assert_string_equal(F.order, "U D S F");
@@ -358,7 +258,7 @@ static void test_no_action(void **state)
 	(void)state;
 	make(60000, false, GROUP);
 	/* Terminated, but the action already ended (timed out): done all the same. */
-	free(fake_ctl(&F.imds, "POST", "/_control", "{\"lifecycle_state\":\"Terminated\"}"));
+	free(fakeproc_http(&F.imds, "POST", "/_control", "{\"lifecycle_state\":\"Terminated\"}"));
 	run_until(LIFECYCLE_DONE, 10000);
 	assert_true(lifecycle_completed(F.lc));
 	assert_string_equal(F.order, "U D S F");

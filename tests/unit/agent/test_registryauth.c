@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -25,10 +24,10 @@
 #include <ev.h>
 #include <mbedtls/base64.h>
 
-#include "buf.h"
 #include "clock.h"
 #include "docker.h"
 #include "ecr.h"
+#include "fakeproc.h"
 #include "http_client.h"
 #include "json.h"
 #include "log.h"
@@ -42,127 +41,36 @@
 
 /* ---- the fakes ---- */
 
-static pid_t ecr_pid, engine_pid;
-static int ecr_port, engine_in = -1;
-static char engine_dir[64], engine_sock[128];
-
-static void read_line(int fd, char *line, size_t cap)
-{
-	size_t n = 0;
-	while (n < cap - 1) {
-		ssize_t k = read(fd, line + n, 1);
-		if (k <= 0 || line[n] == '\n')
-			break;
-		n++;
-	}
-	line[n] = '\0';
-}
+static struct fakeproc ecr_fake, engine_fake;
+static char engine_dir[64];
 
 static void fakes_start(void)
 {
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[512];
-	snprintf(script, sizeof script, "%s/tests/fakes/ecr.py", top ? top : ".");
-	int out[2];
-	assert_int_equal(pipe(out), 0);
-	ecr_pid = fork();
-	assert_true(ecr_pid >= 0);
-	if (ecr_pid == 0) {
-		dup2(out[1], 1);
-		close(out[0]);
-		close(out[1]);
-		execlp("python3", "python3", script, "--access-key", AKID, "--secret-key", SECRET,
-		       "--proxy-endpoint", PROXY, "--account", ACCOUNT, (char *)NULL);
-		_exit(127);
-	}
-	close(out[1]);
-	char line[32];
-	read_line(out[0], line, sizeof line);
-	close(out[0]);
-	ecr_port = atoi(line);
-	if (ecr_port <= 0)
-		fail_msg("the fake ECR did not start (%s)", script);
+	const char *ecr_args[] = {"--access-key", AKID, "--secret-key", SECRET,
+				  "--proxy-endpoint", PROXY, "--account", ACCOUNT, NULL};
+	assert_int_equal(fakeproc_start(&ecr_fake, "ecr.py", ecr_args), 0);
 
 	snprintf(engine_dir, sizeof engine_dir, "/tmp/slipway-regauth-XXXXXX");
 	assert_non_null(mkdtemp(engine_dir));
-	snprintf(engine_sock, sizeof engine_sock, "%s/docker.sock", engine_dir);
-	snprintf(script, sizeof script, "%s/tests/fakes/docker_engine.py", top ? top : ".");
-	int in[2];
-	assert_int_equal(pipe(in), 0);
-	assert_int_equal(pipe(out), 0);
-	engine_pid = fork();
-	assert_true(engine_pid >= 0);
-	if (engine_pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		close(in[0]);
-		close(in[1]);
-		close(out[0]);
-		close(out[1]);
-		execlp("python3", "python3", script, engine_sock, "--profile", "new", (char *)NULL);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	engine_in = in[1];
-	read_line(out[0], line, sizeof line);
-	close(out[0]);
-	if (strncmp(line, "ready", 5) != 0)
-		fail_msg("the fake engine did not start (%s)", script);
+	snprintf(engine_fake.sock, sizeof engine_fake.sock, "%s/docker.sock", engine_dir);
+	const char *engine_args[] = {engine_fake.sock, "--profile", "new", NULL};
+	assert_int_equal(fakeproc_start(&engine_fake, "docker_engine.py", engine_args), 0);
 }
 
 static void fakes_stop(void)
 {
-	int st;
-	if (ecr_pid > 0) {
-		kill(ecr_pid, SIGTERM);
-		waitpid(ecr_pid, &st, 0);
-		ecr_pid = 0;
-	}
-	if (engine_pid > 0) {
-		close(engine_in); /* its stdin closing stops it */
-		waitpid(engine_pid, &st, 0);
-		engine_pid = 0;
-		unlink(engine_sock);
+	fakeproc_stop(&ecr_fake);
+	if (engine_fake.pid > 0) {
+		fakeproc_finish(&engine_fake); /* its stdin closing stops it */
+		unlink(engine_fake.sock);
 		rmdir(engine_dir);
 	}
-}
-
-static size_t curl_sink(char *data, size_t size, size_t n, void *arg)
-{
-	buf_append(arg, data, size * n);
-	return size * n;
 }
 
 /* A blocking control request to a fake (unix: the engine's socket). */
 static cJSON *ctl(bool engine, const char *method, const char *path)
 {
-	CURL *c = curl_easy_init();
-	assert_non_null(c);
-	char url[1024];
-	if (engine) {
-		snprintf(url, sizeof url, "http://localhost%s", path);
-		curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, engine_sock);
-	} else {
-		snprintf(url, sizeof url, "http://127.0.0.1:%d%s", ecr_port, path);
-	}
-	struct buf out;
-	buf_init(&out, 16 << 20);
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, curl_sink);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
-	CURLcode rc = curl_easy_perform(c);
-	long status = 0;
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-	curl_easy_cleanup(c);
-	if (rc != CURLE_OK || status != 200)
-		fail_msg("fake %s %s: %s, HTTP %ld", method, path, curl_easy_strerror(rc), status);
-	cJSON *doc = cJSON_ParseWithLength(out.data ? out.data : "", out.len);
-	buf_free(&out);
-	assert_non_null(doc);
-	return doc;
+	return fakeproc_json(engine ? &engine_fake : &ecr_fake, method, path, NULL);
 }
 
 static int live_password(const char *pw)
@@ -253,7 +161,7 @@ static void wait_done(struct fix *f, struct got *g)
 static struct registryauth *make(struct fix *f, const char *account)
 {
 	char endpoint[64];
-	snprintf(endpoint, sizeof endpoint, "http://127.0.0.1:%d", ecr_port);
+	snprintf(endpoint, sizeof endpoint, "http://127.0.0.1:%d", ecr_fake.port);
 	struct registryauth_opts o = {
 		.loop = f->loop, .http = f->http, .docker = f->docker, .endpoint = endpoint,
 		.extra_host = EXTRA, .extra_region = "us-east-1", .extra_account = account,
@@ -277,7 +185,7 @@ static int setup(void **state)
 	fakes_start();
 	f->loop = ev_loop_new(EVFLAG_AUTO);
 	f->http = http_client_new(f->loop);
-	struct docker_opts dopts = {.socket_path = engine_sock};
+	struct docker_opts dopts = {.socket_path = engine_fake.sock};
 	f->docker = docker_new(f->loop, f->http, &dopts);
 	assert_non_null(f->docker);
 	f->ra = make(f, ACCOUNT);

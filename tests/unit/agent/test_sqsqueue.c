@@ -9,7 +9,6 @@
  * a queue that vanished calls on_queue_gone.
  */
 #include <setjmp.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,17 +16,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <curl/curl.h>
 #include <ev.h>
 
 #include "../../../agent/sqsqueue.h"
 #include "aws_credentials.h"
-#include "buf.h"
 #include "clock.h"
+#include "fakeproc.h"
 #include "http_client.h"
 #include "json.h"
 #include "log.h"
@@ -36,8 +33,7 @@
 #define AKID "AKIDUNITAGENTSQS"
 #define SECRET "unit-secret-for-the-agent-sqs-test"
 
-static pid_t fake_pid;
-static int fake_port;
+static struct fakeproc fake;
 
 static int group_setup(void **state)
 {
@@ -46,74 +42,21 @@ static int group_setup(void **state)
 	setenv("AWS_ACCESS_KEY_ID", AKID, 1);
 	setenv("AWS_SECRET_ACCESS_KEY", SECRET, 1);
 	unsetenv("AWS_SESSION_TOKEN");
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[512];
-	snprintf(script, sizeof script, "%s/tests/fakes/sqs.py", top ? top : ".");
-	int out[2];
-	if (pipe(out) != 0)
-		return -1;
-	fake_pid = fork();
-	if (fake_pid == 0) {
-		dup2(out[1], 1);
-		close(out[0]);
-		close(out[1]);
-		execlp("python3", "python3", script, "--access-key", AKID, "--secret-key", SECRET,
-		       "--region", "eu-west-1", "--deleted-recently-s", "0", (char *)NULL);
-		_exit(127);
-	}
-	close(out[1]);
-	char line[32] = {0};
-	size_t n = 0;
-	while (n < sizeof line - 1) {
-		ssize_t k = read(out[0], line + n, 1);
-		if (k <= 0 || line[n] == '\n')
-			break;
-		n++;
-	}
-	close(out[0]);
-	fake_port = atoi(line);
-	return fake_port > 0 ? 0 : -1;
+	const char *args[] = {"--access-key", AKID, "--secret-key", SECRET, "--region", "eu-west-1",
+			      "--deleted-recently-s", "0", NULL};
+	return fakeproc_start(&fake, "sqs.py", args);
 }
 
 static int group_teardown(void **state)
 {
 	(void)state;
-	if (fake_pid > 0) {
-		kill(fake_pid, SIGTERM);
-		int st;
-		waitpid(fake_pid, &st, 0);
-	}
+	fakeproc_stop(&fake);
 	return 0;
-}
-
-static size_t curl_sink(char *data, size_t size, size_t n, void *arg)
-{
-	buf_append(arg, data, size * n);
-	return size * n;
 }
 
 static cJSON *ctl(const char *method, const char *path, const char *body)
 {
-	CURL *c = curl_easy_init();
-	assert_non_null(c);
-	char url[512];
-	snprintf(url, sizeof url, "http://127.0.0.1:%d%s", fake_port, path);
-	struct buf out;
-	buf_init(&out, 64 << 20);
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-	if (body)
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, curl_sink);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
-	CURLcode rc = curl_easy_perform(c);
-	curl_easy_cleanup(c);
-	assert_int_equal(rc, CURLE_OK);
-	cJSON *doc = cJSON_ParseWithLength(out.data ? out.data : "", out.len);
-	buf_free(&out);
-	assert_non_null(doc);
-	return doc;
+	return fakeproc_json(&fake, method, path, body);
 }
 
 /* Messages in queue name (any state). */
@@ -242,7 +185,7 @@ static int setup(void **state)
 	struct t *t = calloc(1, sizeof *t);
 	t->loop = ev_loop_new(EVFLAG_AUTO);
 	t->http = http_client_new(t->loop);
-	snprintf(t->endpoint, sizeof t->endpoint, "http://127.0.0.1:%d", fake_port);
+	snprintf(t->endpoint, sizeof t->endpoint, "http://127.0.0.1:%d", fake.port);
 	struct err err = {{0}};
 	struct aws_credentials_opts co = {.no_file = 1, .no_imds = 1};
 	t->creds = aws_credentials_new(t->loop, t->http, &co, &err);

@@ -15,20 +15,14 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <ev.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "autoscaling.h"
+#include "fakeproc.h"
 #include "http_client.h"
 #include "json.h"
 #include "log.h"
@@ -39,103 +33,10 @@
 #define HOOK "slipway-drain"
 #define INSTANCE "i-0123456789abcdef0"
 
-/* ---- a fake started as a subprocess ---- */
-
-struct fake {
-	pid_t pid;
-	int in, out;
-	int port;
-	char base[64];
-};
-
-static void fake_start(struct fake *f, const char *name, const char *const *args)
-{
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[1024];
-	snprintf(script, sizeof script, "%s/tests/fakes/%s", top && *top ? top : "/work/main", name);
-	const char *argv[16] = {"python3", script};
-	size_t n = 2;
-	for (; args && *args && n < 15; args++)
-		argv[n++] = *args;
-	argv[n] = NULL;
-	int in[2], out[2];
-	assert_int_equal(pipe2(in, O_CLOEXEC), 0);
-	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		execvp("python3", (char *const *)argv);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	f->pid = pid;
-	f->in = in[1];
-	f->out = out[0];
-	char line[32] = {0};
-	size_t got = 0;
-	while (got < sizeof line - 1 && !strchr(line, '\n')) {
-		struct pollfd pfd = {.fd = out[0], .events = POLLIN};
-		if (poll(&pfd, 1, 20000) <= 0)
-			fail_msg("%s did not print its port", script);
-		ssize_t r = read(out[0], line + got, sizeof line - 1 - got);
-		if (r <= 0)
-			fail_msg("%s exited before printing its port", script);
-		got += (size_t)r;
-	}
-	f->port = atoi(line);
-	assert_true(f->port > 0 && f->port < 65536);
-	snprintf(f->base, sizeof f->base, "http://127.0.0.1:%d", f->port);
-}
-
-static void fake_stop(struct fake *f)
-{
-	if (f->pid <= 0)
-		return;
-	close(f->in);
-	kill(f->pid, SIGTERM);
-	waitpid(f->pid, NULL, 0);
-	close(f->out);
-	f->pid = 0;
-}
-
-/* A blocking request to the fake's control API; returns the body (malloc'ed). */
-static char *fake_ctl(const struct fake *f, const char *method, const char *path,
-		      const char *body)
-{
-	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	assert_true(s >= 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(connect(s, (struct sockaddr *)&a, sizeof a), 0);
-	char req[4096];
-	size_t bl = body ? strlen(body) : 0;
-	int n = snprintf(req, sizeof req,
-			 "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %zu\r\n"
-			 "\r\n%s",
-			 method, path, bl, body ? body : "");
-	assert_true(write(s, req, (size_t)n) == n);
-	struct buf b;
-	buf_init(&b, 1 << 20);
-	char chunk[4096];
-	ssize_t r;
-	while ((r = read(s, chunk, sizeof chunk)) > 0)
-		buf_append(&b, chunk, (size_t)r);
-	close(s);
-	assert_non_null(b.data);
-	char *sep = strstr(b.data, "\r\n\r\n");
-	assert_non_null(sep);
-	char *out = strdup(sep + 4);
-	buf_free(&b);
-	return out;
-}
-
 /* ---- fixture ---- */
 
 struct fx {
-	struct fake as;
+	struct fakeproc as;
 	struct ev_loop *loop;
 	struct http_client *http;
 	struct aws_credentials_provider *creds;
@@ -150,7 +51,7 @@ static int setup(void **state)
 	memset(&F, 0, sizeof F);
 	const char *args[] = {"--access-key", AKID, "--secret-key", SECRET, "--token", "tok-1",
 			      NULL};
-	fake_start(&F.as, "autoscaling.py", args);
+	assert_int_equal(fakeproc_start(&F.as, "autoscaling.py", args), 0);
 	setenv("AWS_ACCESS_KEY_ID", AKID, 1);
 	setenv("AWS_SECRET_ACCESS_KEY", SECRET, 1);
 	setenv("AWS_SESSION_TOKEN", "tok-1", 1);
@@ -177,7 +78,7 @@ static int teardown(void **state)
 	aws_credentials_free(F.creds);
 	http_client_free(F.http);
 	ev_loop_destroy(F.loop);
-	fake_stop(&F.as);
+	fakeproc_stop(&F.as);
 	return 0;
 }
 
@@ -218,7 +119,7 @@ static void run(int complete, struct res *r)
 
 static void start_action(void)
 {
-	free(fake_ctl(&F.as, "POST", "/_fake/lifecycle",
+	free(fakeproc_http(&F.as, "POST", "/_fake/lifecycle",
 		      "{\"group\":\"" GROUP "\",\"hook\":\"" HOOK "\",\"instance_id\":\"" INSTANCE
 		      "\"}"));
 }
@@ -226,7 +127,7 @@ static void start_action(void)
 /* The state of the last action at the fake, and its heartbeat count. */
 static void action_state(char *state_out, size_t cap, int *heartbeats)
 {
-	char *body = fake_ctl(&F.as, "GET", "/_fake/lifecycle", NULL);
+	char *body = fakeproc_http(&F.as, "GET", "/_fake/lifecycle", NULL);
 	cJSON *doc = json_parse(body, strlen(body), 1 << 20, NULL);
 	assert_non_null(doc);
 	const cJSON *arr = cJSON_GetObjectItem(doc, "actions");
@@ -240,7 +141,7 @@ static void action_state(char *state_out, size_t cap, int *heartbeats)
 
 static int heartbeat_requests(void)
 {
-	char *body = fake_ctl(&F.as, "GET", "/_fake/stats", NULL);
+	char *body = fakeproc_http(&F.as, "GET", "/_fake/stats", NULL);
 	cJSON *doc = json_parse(body, strlen(body), 1 << 20, NULL);
 	assert_non_null(doc);
 	const cJSON *n = cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "requests"),
@@ -288,14 +189,14 @@ static void test_retries(void **state)
 	char st[32];
 	int hb;
 	start_action();
-	free(fake_ctl(&F.as, "POST", "/_fake/fault", "{\"kind\":\"throttle\",\"count\":2}"));
-	free(fake_ctl(&F.as, "POST", "/_fake/fault", "{\"kind\":\"contention\",\"count\":1}"));
+	free(fakeproc_http(&F.as, "POST", "/_fake/fault", "{\"kind\":\"throttle\",\"count\":2}"));
+	free(fakeproc_http(&F.as, "POST", "/_fake/fault", "{\"kind\":\"contention\",\"count\":1}"));
 	run(0, &r);
 	assert_int_equal(r.status, AWSQUERY_OK);
 	assert_int_equal(r.attempts, 4);
 	assert_int_equal(r.throttled, 2);
 	/* 500s past max_attempts: unreachable, the action untouched. */
-	free(fake_ctl(&F.as, "POST", "/_fake/fault", "{\"kind\":\"error500\",\"count\":4}"));
+	free(fakeproc_http(&F.as, "POST", "/_fake/fault", "{\"kind\":\"error500\",\"count\":4}"));
 	run(1, &r);
 	assert_int_equal(r.status, AWSQUERY_UNREACHABLE);
 	assert_string_equal(r.code, "InternalFailure");
@@ -305,13 +206,13 @@ static void test_retries(void **state)
 	/* A dropped connection before the action: retried, done. (On a reused
 	 * connection curl itself may send it again, so the fake counts.) */
 	int before = heartbeat_requests();
-	free(fake_ctl(&F.as, "POST", "/_fake/fault", "{\"kind\":\"drop\",\"count\":1}"));
+	free(fakeproc_http(&F.as, "POST", "/_fake/fault", "{\"kind\":\"drop\",\"count\":1}"));
 	run(0, &r);
 	assert_int_equal(r.status, AWSQUERY_OK);
 	assert_int_equal(heartbeat_requests(), before + 2);
 	/* The answer lost after the action happened: the retry finds nothing to
 	 * complete (the caller counts that ValidationError as done). */
-	free(fake_ctl(&F.as, "POST", "/_fake/fault", "{\"kind\":\"drop_after\",\"count\":1}"));
+	free(fakeproc_http(&F.as, "POST", "/_fake/fault", "{\"kind\":\"drop_after\",\"count\":1}"));
 	run(1, &r);
 	assert_int_equal(r.status, AWSQUERY_FAILED);
 	assert_string_equal(r.code, "ValidationError");
@@ -325,7 +226,7 @@ static void test_credentials_and_clock(void **state)
 	struct res r;
 	start_action();
 	/* The session token expires; the environment has the new one by now. */
-	char *b = fake_ctl(&F.as, "POST", "/_fake/fault",
+	char *b = fakeproc_http(&F.as, "POST", "/_fake/fault",
 			   "{\"kind\":\"expired_token\",\"new_token\":\"tok-2\"}");
 	free(b);
 	run(0, &r);
@@ -335,11 +236,11 @@ static void test_credentials_and_clock(void **state)
 	assert_int_equal(r.status, AWSQUERY_OK);
 	assert_int_equal(r.attempts, 2); /* ExpiredToken, refresh, success */
 	/* The fake's clock is 20 minutes ahead: one re-signed attempt. */
-	free(fake_ctl(&F.as, "POST", "/_fake/fault", "{\"kind\":\"skew\",\"offset_s\":1200}"));
+	free(fakeproc_http(&F.as, "POST", "/_fake/fault", "{\"kind\":\"skew\",\"offset_s\":1200}"));
 	run(0, &r);
 	assert_int_equal(r.status, AWSQUERY_OK);
 	assert_int_equal(r.attempts, 2);
-	free(fake_ctl(&F.as, "POST", "/_fake/clear", NULL));
+	free(fakeproc_http(&F.as, "POST", "/_fake/clear", NULL));
 }
 
 static void test_arguments(void **state)

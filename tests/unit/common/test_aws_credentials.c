@@ -15,7 +15,6 @@
 #include <ev.h>
 #include <fcntl.h>
 #include <ftw.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +26,7 @@
 #include "aws_credentials.h"
 #include "clock.h"
 #include "err.h"
+#include "fakeproc.h"
 #include "http_client.h"
 #include "json.h"
 #include "log.h"
@@ -40,10 +40,7 @@
 struct fx {
 	struct ev_loop *loop;
 	struct http_client *http;
-	pid_t fake_pid;
-	int fake_stdin;
-	int fake_stdout;
-	char base[64];    /* http://127.0.0.1:PORT */
+	struct fakeproc fake; /* the IMDS fake */
 	char dir[64];     /* scratch directory */
 	struct backoff_policy fast; /* quick retries so tests stay short */
 };
@@ -65,51 +62,12 @@ static void clear_env(void)
 
 static void fake_start(void)
 {
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[1024];
-	snprintf(script, sizeof script, "%s/tests/fakes/imds.py", top && *top ? top : "/work/main");
-	int in[2], out[2];
-	assert_int_equal(pipe2(in, O_CLOEXEC), 0);
-	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		execlp("python3", "python3", script, (char *)NULL);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	F.fake_pid = pid;
-	F.fake_stdin = in[1];
-	F.fake_stdout = out[0];
-	/* The first line of its stdout is the port. */
-	char line[32] = {0};
-	size_t got = 0;
-	while (got < sizeof line - 1 && !strchr(line, '\n')) {
-		struct pollfd pfd = {.fd = out[0], .events = POLLIN};
-		if (poll(&pfd, 1, 20000) <= 0)
-			fail_msg("fake IMDS (%s) did not print its port", script);
-		ssize_t n = read(out[0], line + got, sizeof line - 1 - got);
-		if (n <= 0)
-			fail_msg("fake IMDS (%s) exited before printing its port", script);
-		got += (size_t)n;
-	}
-	int port = atoi(line);
-	assert_true(port > 0 && port < 65536);
-	snprintf(F.base, sizeof F.base, "http://127.0.0.1:%d", port);
+	assert_int_equal(fakeproc_start(&F.fake, "imds.py", NULL), 0);
 }
 
 static void fake_stop(void)
 {
-	if (F.fake_pid <= 0)
-		return;
-	close(F.fake_stdin); /* it exits on EOF */
-	kill(F.fake_pid, SIGTERM);
-	waitpid(F.fake_pid, NULL, 0);
-	close(F.fake_stdout);
-	F.fake_pid = 0;
+	fakeproc_stop(&F.fake); /* it exits on EOF; SIGTERM makes sure */
 }
 
 static int setup(void **state)
@@ -194,7 +152,7 @@ static void http_sync(const char *method, const char *path, const char *const *h
 		      const char *body, struct sync_resp *out)
 {
 	char url[256];
-	snprintf(url, sizeof url, "%s%s", F.base, path);
+	snprintf(url, sizeof url, "%s%s", F.fake.base, path);
 	memset(out, 0, sizeof *out);
 	struct http_request req = {
 		.method = method,
@@ -297,7 +255,7 @@ static struct aws_credentials_provider *imds_provider(void)
 	struct aws_credentials_opts o = {
 		.no_env = 1,
 		.no_file = 1,
-		.imds_endpoint = F.base,
+		.imds_endpoint = F.fake.base,
 		.imds_timeout_ms = 5000,
 		.imds_retry = &F.fast,
 	};
@@ -388,7 +346,7 @@ static void env_first(void **state)
 			   "aws_secret_access_key = filesecret\n";
 	write_file(path, file, strlen(file));
 	setenv("AWS_SHARED_CREDENTIALS_FILE", path, 1);
-	setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", F.base, 1);
+	setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", F.fake.base, 1);
 	setenv("AWS_ACCESS_KEY_ID", "AKIDENV", 1);
 	setenv("AWS_SECRET_ACCESS_KEY", "envsecret", 1);
 	setenv("AWS_SESSION_TOKEN", "envtoken", 1);
@@ -582,7 +540,8 @@ static void file_malformed(void **state)
 	snprintf(path, sizeof path, "%s/bad", F.dir);
 	t = "[default]\naws_access_key_id = A\naws_secret_access_key = B\ngarbage\n";
 	write_file(path, t, strlen(t));
-	struct aws_credentials_opts o = {.no_env = 1, .shared_file = path, .imds_endpoint = F.base};
+	struct aws_credentials_opts o = {.no_env = 1, .shared_file = path,
+					  .imds_endpoint = F.fake.base};
 	struct aws_credentials_provider *p = aws_credentials_new(F.loop, F.http, &o, &err);
 	struct got g = {0};
 	get_wait(p, &g);
@@ -603,7 +562,7 @@ static void imds_happy_path(void **state)
 	set_keys(1, "2030-01-01T06:00:00Z");
 	/* The endpoint from the environment, with a trailing slash. */
 	char ep[80];
-	snprintf(ep, sizeof ep, "%s/", F.base);
+	snprintf(ep, sizeof ep, "%s/", F.fake.base);
 	setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", ep, 1);
 	struct sink s = {0};
 	log_set_sink(on_line, &s);

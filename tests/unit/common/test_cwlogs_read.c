@@ -14,21 +14,15 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <ev.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "clock.h"
 #include "cwlogs.h"
+#include "fakeproc.h"
 #include "http_client.h"
 #include "json.h"
 #include "log.h"
@@ -36,99 +30,6 @@
 #define AKID "AKIDFAKECLOUDWATCH"
 #define SECRET "fake-secret-key-for-tests"
 #define GROUP "/slipway/web"
-
-/* ---- a fake started as a subprocess ---- */
-
-struct fake {
-	pid_t pid;
-	int in, out;
-	int port;
-	char base[64];
-};
-
-static void fake_start(struct fake *f, const char *name, const char *const *args)
-{
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[1024];
-	snprintf(script, sizeof script, "%s/tests/fakes/%s", top && *top ? top : "/work/main", name);
-	const char *argv[16] = {"python3", script};
-	size_t n = 2;
-	for (; args && *args && n < 15; args++)
-		argv[n++] = *args;
-	argv[n] = NULL;
-	int in[2], out[2];
-	assert_int_equal(pipe2(in, O_CLOEXEC), 0);
-	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		execvp("python3", (char *const *)argv);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	f->pid = pid;
-	f->in = in[1];
-	f->out = out[0];
-	char line[32] = {0};
-	size_t got = 0;
-	while (got < sizeof line - 1 && !strchr(line, '\n')) {
-		struct pollfd pfd = {.fd = out[0], .events = POLLIN};
-		if (poll(&pfd, 1, 20000) <= 0)
-			fail_msg("%s did not print its port", script);
-		ssize_t r = read(out[0], line + got, sizeof line - 1 - got);
-		if (r <= 0)
-			fail_msg("%s exited before printing its port", script);
-		got += (size_t)r;
-	}
-	f->port = atoi(line);
-	assert_true(f->port > 0 && f->port < 65536);
-	snprintf(f->base, sizeof f->base, "http://127.0.0.1:%d", f->port);
-}
-
-static void fake_stop(struct fake *f)
-{
-	if (f->pid <= 0)
-		return;
-	close(f->in);
-	kill(f->pid, SIGTERM);
-	waitpid(f->pid, NULL, 0);
-	close(f->out);
-	f->pid = 0;
-}
-
-/* A blocking request to the fake's control API; returns the body (malloc'ed). */
-static char *fake_ctl(const struct fake *f, const char *method, const char *path,
-		      const char *body)
-{
-	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	assert_true(s >= 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(connect(s, (struct sockaddr *)&a, sizeof a), 0);
-	char req[4096];
-	size_t bl = body ? strlen(body) : 0;
-	int n = snprintf(req, sizeof req,
-			 "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %zu\r\n"
-			 "\r\n%s",
-			 method, path, bl, body ? body : "");
-	assert_true(write(s, req, (size_t)n) == n);
-	struct buf b;
-	buf_init(&b, 1 << 20);
-	char chunk[4096];
-	ssize_t r;
-	while ((r = read(s, chunk, sizeof chunk)) > 0)
-		buf_append(&b, chunk, (size_t)r);
-	close(s);
-	assert_non_null(b.data);
-	char *sep = strstr(b.data, "\r\n\r\n");
-	assert_non_null(sep);
-	char *out = strdup(sep + 4);
-	buf_free(&b);
-	return out;
-}
 
 /* ---- pure parts ---- */
 
@@ -186,7 +87,7 @@ static void test_bodies(void **state)
 /* ---- against the fake ---- */
 
 struct fx {
-	struct fake cw;
+	struct fakeproc cw;
 	struct ev_loop *loop;
 	struct http_client *http;
 	struct aws_credentials_provider *creds;
@@ -200,7 +101,7 @@ static int setup(void **state)
 {
 	(void)state;
 	memset(&F, 0, sizeof F);
-	fake_start(&F.cw, "cloudwatch.py", NULL);
+	assert_int_equal(fakeproc_start(&F.cw, "cloudwatch.py", NULL), 0);
 	setenv("AWS_ACCESS_KEY_ID", AKID, 1);
 	setenv("AWS_SECRET_ACCESS_KEY", SECRET, 1);
 	unsetenv("AWS_SESSION_TOKEN");
@@ -225,7 +126,7 @@ static int teardown(void **state)
 	aws_credentials_free(F.creds);
 	http_client_free(F.http);
 	ev_loop_destroy(F.loop);
-	fake_stop(&F.cw);
+	fakeproc_stop(&F.cw);
 	return 0;
 }
 
@@ -375,7 +276,7 @@ static void test_faults(void **state)
 {
 	(void)state;
 	put("web/i-1/aaa", "a", 1, F.t0, 1);
-	free(fake_ctl(&F.cw, "POST", "/_fake/fault",
+	free(fakeproc_http(&F.cw, "POST", "/_fake/fault",
 		      "{\"kind\":\"throttle\",\"count\":2,\"target\":\"FilterLogEvents\"}"));
 	struct page p;
 	struct cwlogs_filter f = {.group = GROUP};
@@ -383,12 +284,12 @@ static void test_faults(void **state)
 	assert_int_equal(p.status, CWLOGS_OK);
 	assert_int_equal(p.n, 1);
 	assert_int_equal(p.attempts, 3);
-	free(fake_ctl(&F.cw, "POST", "/_fake/fault",
+	free(fakeproc_http(&F.cw, "POST", "/_fake/fault",
 		      "{\"kind\":\"error500\",\"count\":10,\"target\":\"FilterLogEvents\"}"));
 	filter(&f, &p);
 	assert_int_equal(p.status, CWLOGS_UNREACHABLE);
 	assert_int_equal(p.attempts, CWLOGS_READ_ATTEMPTS);
-	free(fake_ctl(&F.cw, "POST", "/_fake/clear", NULL));
+	free(fakeproc_http(&F.cw, "POST", "/_fake/clear", NULL));
 	/* Cancelled: no callback. */
 	memset(&p, 0, sizeof p);
 	uint64_t id = cwlogs_filter_events(F.client, &f, on_page, &p);

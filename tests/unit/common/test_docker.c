@@ -18,6 +18,7 @@
 #include "buf.h"
 #include "clock.h"
 #include "docker.h"
+#include "fakeproc.h"
 #include "http_client.h"
 
 #define DIGEST "sha256:abababababababababababababababababababababababababababababababab"
@@ -26,102 +27,35 @@
 
 /* ---- the fake engine ---------------------------------------------------- */
 
+/* The engine listens on a socket in a fresh directory. */
 struct fake {
-	pid_t pid;
-	int to_fake;   /* its stdin: closing it stops it */
+	struct fakeproc proc;
 	char dir[64];
-	char sock[128];
 };
 
 static void fake_start(struct fake *f, const char *profile)
 {
 	snprintf(f->dir, sizeof f->dir, "/tmp/slipway-fake-docker-XXXXXX");
 	assert_non_null(mkdtemp(f->dir));
-	snprintf(f->sock, sizeof f->sock, "%s/docker.sock", f->dir);
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[512];
-	snprintf(script, sizeof script, "%s/tests/fakes/docker_engine.py", top ? top : ".");
-	int in[2], out[2];
-	assert_int_equal(pipe(in), 0);
-	assert_int_equal(pipe(out), 0);
-	f->pid = fork();
-	assert_true(f->pid >= 0);
-	if (f->pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		close(in[0]);
-		close(in[1]);
-		close(out[0]);
-		close(out[1]);
-		execlp("python3", "python3", script, f->sock, "--profile", profile, (char *)NULL);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	f->to_fake = in[1];
-	/* It says "ready" once it listens. */
-	char line[16] = {0};
-	size_t n = 0;
-	while (n < sizeof line - 1) {
-		ssize_t k = read(out[0], line + n, 1);
-		if (k <= 0 || line[n] == '\n')
-			break;
-		n++;
-	}
-	close(out[0]);
-	if (strncmp(line, "ready", 5) != 0)
-		fail_msg("the fake engine did not start (%s)", script);
+	snprintf(f->proc.sock, sizeof f->proc.sock, "%s/docker.sock", f->dir);
+	const char *args[] = {f->proc.sock, "--profile", profile, NULL};
+	assert_int_equal(fakeproc_start(&f->proc, "docker_engine.py", args), 0);
 }
 
 static void fake_stop(struct fake *f)
 {
-	if (f->pid <= 0)
+	if (f->proc.pid <= 0)
 		return;
-	close(f->to_fake);
-	int st;
-	waitpid(f->pid, &st, 0);
-	f->pid = 0;
-	unlink(f->sock);
+	fakeproc_finish(&f->proc); /* closing its stdin stops it */
+	unlink(f->proc.sock);
 	rmdir(f->dir);
-}
-
-static size_t curl_sink(char *data, size_t size, size_t n, void *arg)
-{
-	buf_append(arg, data, size * n);
-	return size * n;
 }
 
 /* Blocking control request to the fake (it runs in its own process). */
 static cJSON *fake_request(struct fake *f, const char *method, const char *path,
 			   const char *body)
 {
-	CURL *c = curl_easy_init();
-	assert_non_null(c);
-	char url[256];
-	snprintf(url, sizeof url, "http://localhost%s", path);
-	struct buf out;
-	buf_init(&out, 64 << 20);
-	struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, f->sock);
-	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-	if (body)
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, curl_sink);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
-	CURLcode rc = curl_easy_perform(c);
-	long status = 0;
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-	curl_slist_free_all(h);
-	curl_easy_cleanup(c);
-	if (rc != CURLE_OK || status != 200)
-		fail_msg("fake %s %s: %s, HTTP %ld", method, path, curl_easy_strerror(rc), status);
-	cJSON *doc = cJSON_ParseWithLength(out.data ? out.data : "", out.len);
-	buf_free(&out);
-	assert_non_null(doc);
-	return doc;
+	return fakeproc_json(&f->proc, method, path, body);
 }
 
 /* The requests the fake recorded, as "METHOD path" strings joined by '\n'. */
@@ -186,7 +120,7 @@ static void env_up(struct env *e, const char *profile, const struct docker_opts 
 	assert_non_null(e->http);
 	struct docker_opts o = opts ? *opts : (struct docker_opts){0};
 	if (!o.socket_path)
-		o.socket_path = e->fake.sock;
+		o.socket_path = e->fake.proc.sock;
 	e->d = docker_new(e->loop, e->http, &o);
 	assert_non_null(e->d);
 }
@@ -964,7 +898,7 @@ static void test_logs_pause(void **state)
 	/* Paused before the request even went out (the version is negotiated
 	 * first): nothing arrives until the resume. */
 	docker_free(e.d);
-	e.d = docker_new(e.loop, e.http, &(struct docker_opts){.socket_path = e.fake.sock});
+	e.d = docker_new(e.loop, e.http, &(struct docker_opts){.socket_path = e.fake.proc.sock});
 	struct many m2 = {.d = e.d};
 	m2.id = docker_container_logs(e.d, "logs-many-3000", &o, on_many_line, on_done, &m2);
 	assert_true(m2.id > 0);
@@ -1163,7 +1097,7 @@ static void fake_post_async(struct env *e, const char *path, const char *body)
 	static const char *const hdrs[] = {"Content-Type: application/json", NULL};
 	struct ctl c = {0};
 	struct http_request req = {
-		.method = "POST", .url = url, .unix_socket = e->fake.sock, .headers = hdrs,
+		.method = "POST", .url = url, .unix_socket = e->fake.proc.sock, .headers = hdrs,
 		.body = body, .body_len = strlen(body), .timeout_ms = 15000,
 		.on_done = on_ctl_done, .arg = &c,
 	};

@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -24,9 +23,9 @@
 #include <ev.h>
 
 #include "aws_credentials.h"
-#include "buf.h"
 #include "clock.h"
 #include "ecr.h"
+#include "fakeproc.h"
 #include "http_client.h"
 #include "json.h"
 #include "log.h"
@@ -38,100 +37,26 @@
 
 /* ---- the fake, a child process ---- */
 
-struct fake {
-	pid_t pid;
-	int port;
-};
-
-static void fake_start(struct fake *f, const char *ttl_s)
+static void fake_start(struct fakeproc *f, const char *ttl_s)
 {
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[512];
-	snprintf(script, sizeof script, "%s/tests/fakes/ecr.py", top ? top : ".");
-	int out[2];
-	assert_int_equal(pipe(out), 0);
-	f->pid = fork();
-	assert_true(f->pid >= 0);
-	if (f->pid == 0) {
-		dup2(out[1], 1);
-		close(out[0]);
-		close(out[1]);
-		execlp("python3", "python3", script, "--access-key", AKID, "--secret-key", SECRET,
-		       "--token", TOKEN1, "--proxy-endpoint", PROXY, "--token-ttl-s", ttl_s,
-		       (char *)NULL);
-		_exit(127);
-	}
-	close(out[1]);
-	char line[32] = {0};
-	size_t n = 0;
-	while (n < sizeof line - 1) {
-		ssize_t k = read(out[0], line + n, 1);
-		if (k <= 0 || line[n] == '\n')
-			break;
-		n++;
-	}
-	close(out[0]);
-	f->port = atoi(line);
-	if (f->port <= 0)
-		fail_msg("the fake ECR did not start (%s)", script);
+	const char *args[] = {"--access-key", AKID, "--secret-key", SECRET, "--token", TOKEN1,
+			      "--proxy-endpoint", PROXY, "--token-ttl-s", ttl_s, NULL};
+	assert_int_equal(fakeproc_start(f, "ecr.py", args), 0);
 }
 
-static void fake_stop(struct fake *f)
+static void fault(struct fakeproc *f, const char *json)
 {
-	if (f->pid > 0) {
-		kill(f->pid, SIGTERM);
-		int st;
-		waitpid(f->pid, &st, 0);
-		f->pid = 0;
-	}
-}
-
-static size_t curl_sink(char *data, size_t size, size_t n, void *arg)
-{
-	buf_append(arg, data, size * n);
-	return size * n;
-}
-
-static cJSON *ctl(struct fake *f, const char *method, const char *path, const char *body)
-{
-	CURL *c = curl_easy_init();
-	assert_non_null(c);
-	char url[1024];
-	snprintf(url, sizeof url, "http://127.0.0.1:%d%s", f->port, path);
-	struct buf out;
-	buf_init(&out, 16 << 20);
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-	if (body)
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, curl_sink);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
-	CURLcode rc = curl_easy_perform(c);
-	long status = 0;
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-	curl_easy_cleanup(c);
-	if (rc != CURLE_OK || status != 200)
-		fail_msg("fake %s %s: %s, HTTP %ld", method, path, curl_easy_strerror(rc), status);
-	cJSON *doc = cJSON_ParseWithLength(out.data ? out.data : "", out.len);
-	buf_free(&out);
-	assert_non_null(doc);
-	return doc;
-}
-
-static void fault(struct fake *f, const char *json)
-{
-	cJSON_Delete(ctl(f, "POST", "/_fake/fault", json));
+	cJSON_Delete(fakeproc_json(f, "POST", "/_fake/fault", json));
 }
 
 /* 1 when the fake issued this password and it has not expired. */
-static int live_password(struct fake *f, const char *pw)
+static int live_password(struct fakeproc *f, const char *pw)
 {
 	char *esc = curl_easy_escape(NULL, pw, 0);
 	char path[512];
 	snprintf(path, sizeof path, "/_fake/check?password=%s", esc);
 	curl_free(esc);
-	cJSON *doc = ctl(f, "GET", path, NULL);
+	cJSON *doc = fakeproc_json(f, "GET", path, NULL);
 	int ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "valid"));
 	cJSON_Delete(doc);
 	return ok;
@@ -166,7 +91,7 @@ struct fix {
 	struct http_client *http;
 	struct aws_credentials_provider *creds;
 	struct ecr *e;
-	struct fake fake;
+	struct fakeproc fake;
 	char endpoint[64];
 	struct got g[4];
 };
@@ -254,7 +179,7 @@ static int teardown(void **state)
 	aws_credentials_free(f->creds);
 	http_client_free(f->http);
 	ev_loop_destroy(f->loop);
-	fake_stop(&f->fake);
+	fakeproc_stop(&f->fake);
 	clock_fake_off();
 	unsetenv("AWS_SESSION_TOKEN");
 	free(f);
@@ -353,7 +278,7 @@ static void test_repositories(void **state)
 	assert_int_equal(g->status, ECR_OK);
 	assert_true(g->existed);
 	assert_string_equal(g->code, "");
-	cJSON *repos = ctl(&f->fake, "GET", "/_fake/repositories", NULL);
+	cJSON *repos = fakeproc_json(&f->fake, "GET", "/_fake/repositories", NULL);
 	const cJSON *r0 = cJSON_GetArrayItem(cJSON_GetObjectItem(repos, "repositories"), 0);
 	assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(r0, "tags"), "slipway:app")
 				    ->valuestring, "web");
@@ -513,7 +438,7 @@ static void test_token_refreshed_before_expiry(void **state)
 	wait_done(f, a);
 	assert_false(a->have_auth);
 	assert_non_null(strstr(a->error, "ServerException"));
-	cJSON_Delete(ctl(&f->fake, "POST", "/_fake/clear", NULL));
+	cJSON_Delete(fakeproc_json(&f->fake, "POST", "/_fake/clear", NULL));
 	clock_fake_off();
 }
 
@@ -556,7 +481,7 @@ static void test_faults(void **state)
 	assert_int_equal(g->status, ECR_OK);
 	assert_true(g->existed);
 
-	cJSON *r = ctl(&f->fake, "POST", "/_fake/fault", "{\"kind\":\"expired_token\"}");
+	cJSON *r = fakeproc_json(&f->fake, "POST", "/_fake/fault", "{\"kind\":\"expired_token\"}");
 	setenv("AWS_SESSION_TOKEN", cJSON_GetObjectItem(r, "new_token")->valuestring, 1);
 	cJSON_Delete(r);
 	ecr_auth_invalidate(f->e, NULL);
@@ -579,7 +504,7 @@ static void test_faults(void **state)
 	wait_done(f, g);
 	assert_int_equal(g->status, ECR_UNREACHABLE);
 	assert_string_equal(g->code, "ServerException");
-	cJSON_Delete(ctl(&f->fake, "POST", "/_fake/clear", NULL));
+	cJSON_Delete(fakeproc_json(&f->fake, "POST", "/_fake/clear", NULL));
 }
 
 int main(void)

@@ -1521,7 +1521,9 @@ static void test_pause_resume_many_times(void **state)
 	assert_int_equal(h.got, FIREHOSE_LEN);
 	assert_int_equal(h.bad, 0); /* nothing lost, repeated or reordered */
 	assert_true(h.pauses > 100);
-	assert_true(h.max_chunk <= 4096);
+	/* Bytes curl held across a pause may come back joined (seen under load),
+	 * never more than a few receive buffers. */
+	assert_true(h.max_chunk <= 4 * 4096);
 	ev_timer_stop(f->loop, &h.resume);
 	result_free(&h.r);
 }

@@ -10,18 +10,14 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <curl/curl.h>
 #include <ev.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "buf.h"
+#include "fakeproc.h"
 #include "http_client.h"
 #include "imds.h"
 #include "json.h"
@@ -30,9 +26,7 @@
 struct fx {
 	struct ev_loop *loop;
 	struct http_client *http;
-	pid_t pid;
-	int to_fake, from_fake;
-	char base[64];
+	struct fakeproc fake;
 	struct backoff_policy fast;
 };
 
@@ -40,77 +34,23 @@ static struct fx F;
 
 static void fake_start(void)
 {
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[1024];
-	snprintf(script, sizeof script, "%s/tests/fakes/imds.py", top && *top ? top : ".");
-	int in[2], out[2];
-	assert_int_equal(pipe2(in, O_CLOEXEC), 0);
-	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-	F.pid = fork();
-	assert_true(F.pid >= 0);
-	if (F.pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		execlp("python3", "python3", script, "--instance-id", "i-0feedc0ffee123456",
-		       (char *)NULL);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	F.to_fake = in[1];
-	F.from_fake = out[0];
-	char line[32] = {0};
-	size_t got = 0;
-	while (got < sizeof line - 1 && !strchr(line, '\n')) {
-		struct pollfd pfd = {.fd = out[0], .events = POLLIN};
-		if (poll(&pfd, 1, 20000) <= 0)
-			fail_msg("fake IMDS (%s) did not print its port", script);
-		ssize_t n = read(out[0], line + got, sizeof line - 1 - got);
-		if (n <= 0)
-			fail_msg("fake IMDS (%s) exited before printing its port", script);
-		got += (size_t)n;
-	}
-	snprintf(F.base, sizeof F.base, "http://127.0.0.1:%d", atoi(line));
+	const char *args[] = {"--instance-id", "i-0feedc0ffee123456", NULL};
+	assert_int_equal(fakeproc_start(&F.fake, "imds.py", args), 0);
 }
 
 static void fake_stop(void)
 {
-	if (F.pid <= 0)
-		return;
-	close(F.to_fake);
-	kill(F.pid, SIGTERM);
-	waitpid(F.pid, NULL, 0);
-	close(F.from_fake);
-	F.pid = 0;
-}
-
-static size_t sink(char *data, size_t size, size_t n, void *arg)
-{
-	buf_append(arg, data, size * n);
-	return size * n;
+	fakeproc_stop(&F.fake);
 }
 
 /* A blocking control request; returns the parsed answer (GET) or NULL. */
 static cJSON *control(const char *body)
 {
-	CURL *c = curl_easy_init();
-	char url[128];
-	snprintf(url, sizeof url, "%s/_control", F.base);
-	struct buf out;
-	buf_init(&out, 1 << 20);
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-	struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-	if (body)
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-	assert_int_equal(curl_easy_perform(c), CURLE_OK);
-	curl_slist_free_all(h);
-	curl_easy_cleanup(c);
-	cJSON *doc = body ? NULL : json_parse(out.data, out.len, 1 << 20, NULL);
-	buf_free(&out);
-	return doc;
+	cJSON *doc = fakeproc_json(&F.fake, body ? "POST" : "GET", "/_control", body);
+	if (!body)
+		return doc;
+	cJSON_Delete(doc);
+	return NULL;
 }
 
 static int64_t count(const char *name)
@@ -178,7 +118,7 @@ static void get_wait(struct imds *m, const char *path, struct got *g)
 
 static struct imds *client(void)
 {
-	struct imds_opts o = {.endpoint = F.base, .timeout_ms = 5000, .retry = &F.fast};
+	struct imds_opts o = {.endpoint = F.fake.base, .timeout_ms = 5000, .retry = &F.fast};
 	struct imds *m = imds_new(F.http, &o, NULL);
 	assert_non_null(m);
 	return m;
@@ -266,9 +206,9 @@ static void test_endpoint(void **state)
 	struct imds *m = imds_new(F.http, NULL, NULL);
 	assert_string_equal(imds_endpoint(m), "http://169.254.169.254");
 	imds_free(m);
-	setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", F.base, 1);
+	setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", F.fake.base, 1);
 	m = imds_new(F.http, NULL, NULL);
-	assert_string_equal(imds_endpoint(m), F.base);
+	assert_string_equal(imds_endpoint(m), F.fake.base);
 	struct got g;
 	get_wait(m, "/latest/meta-data/instance-id", &g);
 	assert_string_equal(g.body, "i-0feedc0ffee123456");

@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -24,8 +23,8 @@
 #include <ev.h>
 
 #include "aws_credentials.h"
-#include "buf.h"
 #include "clock.h"
+#include "fakeproc.h"
 #include "http_client.h"
 #include "json.h"
 #include "log.h"
@@ -37,96 +36,22 @@
 
 /* ---- the fake, a child process ---- */
 
-struct fake {
-	pid_t pid;
-	int port;
-};
-
-static void fake_start(struct fake *f)
+static void fake_start(struct fakeproc *f)
 {
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[512];
-	snprintf(script, sizeof script, "%s/tests/fakes/sqs.py", top ? top : ".");
-	int out[2];
-	assert_int_equal(pipe(out), 0);
-	f->pid = fork();
-	assert_true(f->pid >= 0);
-	if (f->pid == 0) {
-		dup2(out[1], 1);
-		close(out[0]);
-		close(out[1]);
-		execlp("python3", "python3", script, "--access-key", AKID, "--secret-key", SECRET,
-		       "--token", TOKEN1, "--deleted-recently-s", "60", (char *)NULL);
-		_exit(127);
-	}
-	close(out[1]);
-	char line[32] = {0};
-	size_t n = 0;
-	while (n < sizeof line - 1) {
-		ssize_t k = read(out[0], line + n, 1);
-		if (k <= 0 || line[n] == '\n')
-			break;
-		n++;
-	}
-	close(out[0]);
-	f->port = atoi(line);
-	if (f->port <= 0)
-		fail_msg("the fake SQS did not start (%s)", script);
+	const char *args[] = {"--access-key", AKID, "--secret-key", SECRET, "--token", TOKEN1,
+			      "--deleted-recently-s", "60", NULL};
+	assert_int_equal(fakeproc_start(f, "sqs.py", args), 0);
 }
 
-static void fake_stop(struct fake *f)
+static void fault(struct fakeproc *f, const char *json)
 {
-	if (f->pid > 0) {
-		kill(f->pid, SIGTERM);
-		int st;
-		waitpid(f->pid, &st, 0);
-		f->pid = 0;
-	}
-}
-
-static size_t curl_sink(char *data, size_t size, size_t n, void *arg)
-{
-	buf_append(arg, data, size * n);
-	return size * n;
-}
-
-/* A blocking control request to the fake; the parsed answer (cJSON_Delete it). */
-static cJSON *ctl(struct fake *f, const char *method, const char *path, const char *body)
-{
-	CURL *c = curl_easy_init();
-	assert_non_null(c);
-	char url[512];
-	snprintf(url, sizeof url, "http://127.0.0.1:%d%s", f->port, path);
-	struct buf out;
-	buf_init(&out, 64 << 20);
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-	if (body)
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, curl_sink);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
-	CURLcode rc = curl_easy_perform(c);
-	long status = 0;
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-	curl_easy_cleanup(c);
-	if (rc != CURLE_OK || status != 200)
-		fail_msg("fake %s %s: %s, HTTP %ld", method, path, curl_easy_strerror(rc), status);
-	cJSON *doc = cJSON_ParseWithLength(out.data ? out.data : "", out.len);
-	buf_free(&out);
-	assert_non_null(doc);
-	return doc;
-}
-
-static void fault(struct fake *f, const char *json)
-{
-	cJSON_Delete(ctl(f, "POST", "/_fake/fault", json));
+	cJSON_Delete(fakeproc_json(f, "POST", "/_fake/fault", json));
 }
 
 /* A number from a control answer: stats.requests.SendMessageBatch etc. */
-static int64_t stat_of(struct fake *f, const char *group, const char *key)
+static int64_t stat_of(struct fakeproc *f, const char *group, const char *key)
 {
-	cJSON *doc = ctl(f, "GET", "/_fake/stats", NULL);
+	cJSON *doc = fakeproc_json(f, "GET", "/_fake/stats", NULL);
 	const cJSON *g = cJSON_GetObjectItemCaseSensitive(doc, group);
 	const cJSON *v = key ? cJSON_GetObjectItemCaseSensitive(g, key) : g;
 	int64_t n = cJSON_IsNumber(v) ? (int64_t)v->valuedouble : 0;
@@ -175,7 +100,7 @@ struct fix {
 	struct http_client *http;
 	struct aws_credentials_provider *creds;
 	struct sqs *q;
-	struct fake fake;
+	struct fakeproc fake;
 	char endpoint[64];
 	struct got g[RESULTS_MAX];
 	int64_t started_ms[RESULTS_MAX];
@@ -280,7 +205,7 @@ static int teardown(void **state)
 	aws_credentials_free(f->creds);
 	http_client_free(f->http);
 	ev_loop_destroy(f->loop);
-	fake_stop(&f->fake);
+	fakeproc_stop(&f->fake);
 	unsetenv("AWS_SESSION_TOKEN");
 	free(f);
 	return 0;
@@ -572,8 +497,8 @@ static void test_send_receive_visibility_delete(void **state)
 	sqs_change_visibility(f->q, url, g3->msg[0].receipt, 120, on_done, g2);
 	wait_done(f, g2);
 	assert_int_equal(g2->status, SQS_OK);
-	cJSON *calls = ctl(&f->fake, "GET", "/_fake/calls?action=ChangeMessageVisibility&queue=msgs",
-			   NULL);
+	cJSON *calls = fakeproc_json(&f->fake, "GET",
+				     "/_fake/calls?action=ChangeMessageVisibility&queue=msgs", NULL);
 	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(calls, "calls");
 	const cJSON *last = cJSON_GetArrayItem(arr, cJSON_GetArraySize(arr) - 1);
 	assert_int_equal(cJSON_GetObjectItemCaseSensitive(last, "visibility")->valueint, 120);
@@ -595,7 +520,7 @@ static void test_send_receive_visibility_delete(void **state)
 	wait_done(f, g2);
 	assert_int_equal(g2->status, SQS_REFUSED);
 	assert_string_equal(g2->code, "ReceiptHandleIsInvalid");
-	cJSON *m = ctl(&f->fake, "GET", "/_fake/messages?queue=msgs", NULL);
+	cJSON *m = fakeproc_json(&f->fake, "GET", "/_fake/messages?queue=msgs", NULL);
 	arr = cJSON_GetObjectItemCaseSensitive(m, "messages");
 	assert_int_equal(cJSON_GetArraySize(arr), 1);
 	assert_string_equal(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(arr, 0), "body")
@@ -658,7 +583,7 @@ static void test_batch_entry_failures(void **state)
 	for (int i = 0; i < 3; i++)
 		assert_true(g->ent[i].ok);
 	assert_int_equal(stat_of(&f->fake, "requests", "SendMessageBatch") - before, 2);
-	cJSON *m = ctl(&f->fake, "GET", "/_fake/messages?queue=batch", NULL);
+	cJSON *m = fakeproc_json(&f->fake, "GET", "/_fake/messages?queue=batch", NULL);
 	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(m, "messages")), 3);
 	cJSON_Delete(m);
 
@@ -691,7 +616,7 @@ static void test_batch_entry_failures(void **state)
 	assert_int_equal(g->failed, 1);
 	assert_string_equal(g->ent[0].code, "InternalError");
 	assert_false(g->ent[0].sender_fault);
-	cJSON_Delete(ctl(&f->fake, "POST", "/_fake/clear", NULL));
+	cJSON_Delete(fakeproc_json(&f->fake, "POST", "/_fake/clear", NULL));
 }
 
 static void test_retries(void **state)
@@ -731,7 +656,7 @@ static void test_retries(void **state)
 	const char *bodies[] = {"dup"};
 	send_bodies(f, url, bodies, 1);
 	assert_int_equal(stat_of(&f->fake, "requests", "SendMessageBatch") - before, 2);
-	cJSON *m = ctl(&f->fake, "GET", "/_fake/messages?queue=retry", NULL);
+	cJSON *m = fakeproc_json(&f->fake, "GET", "/_fake/messages?queue=retry", NULL);
 	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(m, "messages")), 2);
 	cJSON_Delete(m);
 
@@ -751,7 +676,7 @@ static void test_retries(void **state)
 	assert_int_equal(g->status, SQS_UNREACHABLE);
 	assert_int_equal(g->attempts, 4);
 	assert_string_equal(g->code, "ServiceUnavailable");
-	cJSON_Delete(ctl(&f->fake, "POST", "/_fake/clear", NULL));
+	cJSON_Delete(fakeproc_json(&f->fake, "POST", "/_fake/clear", NULL));
 	/* Throttling that never ends gives up too. */
 	struct sqs *q2 = f->q;
 	struct sqs_opts o = {.region = "us-east-1", .endpoint = f->endpoint, .retry_base_ms = 1,
@@ -768,7 +693,7 @@ static void test_retries(void **state)
 	assert_string_equal(g->code, "RequestThrottled");
 	sqs_free(f->q);
 	f->q = q2;
-	cJSON_Delete(ctl(&f->fake, "POST", "/_fake/clear", NULL));
+	cJSON_Delete(fakeproc_json(&f->fake, "POST", "/_fake/clear", NULL));
 }
 
 static void test_expired_token_refreshed_once(void **state)
@@ -776,7 +701,7 @@ static void test_expired_token_refreshed_once(void **state)
 	struct fix *f = *state;
 	char url[512];
 	make_queue(f, "tok", url, sizeof url);
-	cJSON *a = ctl(&f->fake, "POST", "/_fake/fault", "{\"kind\":\"expired_token\"}");
+	cJSON *a = fakeproc_json(&f->fake, "POST", "/_fake/fault", "{\"kind\":\"expired_token\"}");
 	const cJSON *nt = cJSON_GetObjectItemCaseSensitive(a, "new_token");
 	assert_true(cJSON_IsString(nt));
 	setenv("AWS_SESSION_TOKEN", nt->valuestring, 1); /* what the refresh will find */
@@ -791,7 +716,8 @@ static void test_expired_token_refreshed_once(void **state)
 
 	/* Expired again and nothing new to refresh to: one refresh only, then
 	 * UNREACHABLE (not a loop). */
-	cJSON_Delete(ctl(&f->fake, "POST", "/_fake/fault", "{\"kind\":\"expired_token\"}"));
+	cJSON_Delete(fakeproc_json(&f->fake, "POST", "/_fake/fault",
+				   "{\"kind\":\"expired_token\"}"));
 	g = slot(f, 0);
 	sqs_list_queue_tags(f->q, url, on_done, g);
 	wait_done(f, g);
@@ -816,7 +742,7 @@ static void test_clock_skew_resigned_once(void **state)
 	sqs_list_queue_tags(f->q, url, on_done, g);
 	wait_done(f, g);
 	assert_int_equal(g->attempts, 1);
-	cJSON_Delete(ctl(&f->fake, "POST", "/_fake/clear", NULL));
+	cJSON_Delete(fakeproc_json(&f->fake, "POST", "/_fake/clear", NULL));
 }
 
 static void test_md5_checked(void **state)

@@ -17,20 +17,15 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <ev.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "clock.h"
+#include "fakeproc.h"
 #include "http_client.h"
 #include "json.h"
 #include "log.h"
@@ -45,99 +40,6 @@
 #define T0 1893456000000LL /* 2030-01-01T00:00:00Z */
 
 static const struct aws_credentials creds = {AKID, SECRET, NULL, 0, "test"};
-
-/* ---- a fake started as a subprocess ---- */
-
-struct fake {
-	pid_t pid;
-	int in, out;
-	int port;
-	char base[64];
-};
-
-static void fake_start(struct fake *f, const char *name, const char *const *args)
-{
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[1024];
-	snprintf(script, sizeof script, "%s/tests/fakes/%s", top && *top ? top : "/work/main", name);
-	const char *argv[16] = {"python3", script};
-	size_t n = 2;
-	for (; args && *args && n < 15; args++)
-		argv[n++] = *args;
-	argv[n] = NULL;
-	int in[2], out[2];
-	assert_int_equal(pipe2(in, O_CLOEXEC), 0);
-	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		execvp("python3", (char *const *)argv);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	f->pid = pid;
-	f->in = in[1];
-	f->out = out[0];
-	char line[32] = {0};
-	size_t got = 0;
-	while (got < sizeof line - 1 && !strchr(line, '\n')) {
-		struct pollfd pfd = {.fd = out[0], .events = POLLIN};
-		if (poll(&pfd, 1, 20000) <= 0)
-			fail_msg("%s did not print its port", script);
-		ssize_t r = read(out[0], line + got, sizeof line - 1 - got);
-		if (r <= 0)
-			fail_msg("%s exited before printing its port", script);
-		got += (size_t)r;
-	}
-	f->port = atoi(line);
-	assert_true(f->port > 0 && f->port < 65536);
-	snprintf(f->base, sizeof f->base, "http://127.0.0.1:%d", f->port);
-}
-
-static void fake_stop(struct fake *f)
-{
-	if (f->pid <= 0)
-		return;
-	close(f->in);
-	kill(f->pid, SIGTERM);
-	waitpid(f->pid, NULL, 0);
-	close(f->out);
-	f->pid = 0;
-}
-
-/* A blocking request to the fake's control API; returns the body (malloc'ed). */
-static char *fake_ctl(const struct fake *f, const char *method, const char *path,
-		      const char *body)
-{
-	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	assert_true(s >= 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(connect(s, (struct sockaddr *)&a, sizeof a), 0);
-	char req[4096];
-	size_t bl = body ? strlen(body) : 0;
-	int n = snprintf(req, sizeof req,
-			 "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %zu\r\n"
-			 "\r\n%s",
-			 method, path, bl, body ? body : "");
-	assert_true(write(s, req, (size_t)n) == n);
-	struct buf b;
-	buf_init(&b, 1 << 20);
-	char chunk[4096];
-	ssize_t r;
-	while ((r = read(s, chunk, sizeof chunk)) > 0)
-		buf_append(&b, chunk, (size_t)r);
-	close(s);
-	assert_non_null(b.data);
-	char *sep = strstr(b.data, "\r\n\r\n");
-	assert_non_null(sep);
-	char *out = strdup(sep + 4);
-	buf_free(&b);
-	return out;
-}
 
 /* ---- presigning ---- */
 
@@ -423,7 +325,7 @@ static void on_verdict(enum sts_verdict v, const struct sts_identity *id, const 
 }
 
 struct vfx {
-	struct fake sts;
+	struct fakeproc sts;
 	struct ev_loop *loop;
 	struct http_client *http;
 	struct sts_verifier *v;
@@ -438,7 +340,7 @@ static int v_setup(void **state)
 	memset(&V, 0, sizeof V);
 	const char *args[] = {"--access-key", AKID, "--secret-key", SECRET, "--session", INSTANCE,
 			      NULL};
-	fake_start(&V.sts, "sts.py", args);
+	assert_int_equal(fakeproc_start(&V.sts, "sts.py", args), 0);
 	V.loop = ev_loop_new(EVFLAG_AUTO);
 	V.http = http_client_new(V.loop);
 	struct sts_verifier_opts o = {.endpoint = V.sts.base, .server = SERVER, .accounts = ACCOUNT,
@@ -457,7 +359,7 @@ static int v_teardown(void **state)
 	sts_verifier_free(V.v);
 	http_client_free(V.http);
 	ev_loop_destroy(V.loop);
-	fake_stop(&V.sts);
+	fakeproc_stop(&V.sts);
 	sigv4_signer_clear(&V.signer);
 	return 0;
 }
@@ -499,7 +401,7 @@ static void test_verifier(void **state)
 	assert_int_equal(sts_verifier_start(V.v, p, INSTANCE, on_verdict, &r, &err), 0);
 	assert_non_null(strstr(err.msg, "used before"));
 	cJSON_Delete(p);
-	char *stats = fake_ctl(&V.sts, "GET", "/_fake/stats", NULL);
+	char *stats = fakeproc_http(&V.sts, "GET", "/_fake/stats", NULL);
 	cJSON *st = json_parse(stats, strlen(stats), 1 << 20, NULL);
 	assert_int_equal(cJSON_GetObjectItem(st, "requests")->valueint, 1);
 	/* Only the signed headers went to STS (and curl's own). */
@@ -523,7 +425,7 @@ static void test_verifier(void **state)
 	cJSON_Delete(p);
 
 	/* A key STS knows, of another account and role. */
-	free(fake_ctl(&V.sts, "POST", "/_fake/identity",
+	free(fakeproc_http(&V.sts, "POST", "/_fake/identity",
 		      "{\"access_key\":\"AKIDOTHER0000000001\",\"secret\":\"s2\",\"account\":"
 		      "\"999988887777\",\"role\":\"admin\",\"session\":\"" INSTANCE "\"}"));
 	struct aws_credentials other = {"AKIDOTHER0000000001", "s2", NULL, 0, "test"};
@@ -547,36 +449,36 @@ static void test_verifier_faults(void **state)
 	(void)state;
 	struct vres r;
 	/* Throttling and a 500, then an answer: retried within max_attempts. */
-	free(fake_ctl(&V.sts, "POST", "/_fake/fault", "{\"kind\":\"throttle\",\"count\":1}"));
-	free(fake_ctl(&V.sts, "POST", "/_fake/fault", "{\"kind\":\"error500\",\"count\":1}"));
+	free(fakeproc_http(&V.sts, "POST", "/_fake/fault", "{\"kind\":\"throttle\",\"count\":1}"));
+	free(fakeproc_http(&V.sts, "POST", "/_fake/fault", "{\"kind\":\"error500\",\"count\":1}"));
 	cJSON *p = fresh_proof(&creds);
 	verify(p, INSTANCE, &r);
 	if (r.verdict != STS_VERIFIED)
 		fail_msg("not verified after retries: %s", r.reason);
 	cJSON_Delete(p);
 	/* Down for longer than the attempts: unavailable (the agent retries), not refused. */
-	free(fake_ctl(&V.sts, "POST", "/_fake/fault", "{\"kind\":\"error503\",\"count\":5}"));
+	free(fakeproc_http(&V.sts, "POST", "/_fake/fault", "{\"kind\":\"error503\",\"count\":5}"));
 	p = fresh_proof(&creds);
 	verify(p, INSTANCE, &r);
 	assert_int_equal(r.verdict, STS_UNAVAILABLE);
 	cJSON_Delete(p);
-	free(fake_ctl(&V.sts, "POST", "/_fake/clear", NULL));
-	free(fake_ctl(&V.sts, "POST", "/_fake/fault", "{\"kind\":\"drop\",\"count\":5}"));
+	free(fakeproc_http(&V.sts, "POST", "/_fake/clear", NULL));
+	free(fakeproc_http(&V.sts, "POST", "/_fake/fault", "{\"kind\":\"drop\",\"count\":5}"));
 	p = fresh_proof(&creds);
 	verify(p, INSTANCE, &r);
 	assert_int_equal(r.verdict, STS_UNAVAILABLE);
 	assert_non_null(strstr(r.reason, "unreachable"));
 	cJSON_Delete(p);
-	free(fake_ctl(&V.sts, "POST", "/_fake/clear", NULL));
+	free(fakeproc_http(&V.sts, "POST", "/_fake/clear", NULL));
 	/* A malformed 200: never trusted. */
-	free(fake_ctl(&V.sts, "POST", "/_fake/fault", "{\"kind\":\"bad_xml\",\"count\":1}"));
+	free(fakeproc_http(&V.sts, "POST", "/_fake/fault", "{\"kind\":\"bad_xml\",\"count\":1}"));
 	p = fresh_proof(&creds);
 	verify(p, INSTANCE, &r);
 	assert_int_equal(r.verdict, STS_REFUSED);
 	assert_non_null(strstr(r.reason, "xml"));
 	cJSON_Delete(p);
 	/* Temporary credentials whose token expired. */
-	free(fake_ctl(&V.sts, "POST", "/_fake/identity",
+	free(fakeproc_http(&V.sts, "POST", "/_fake/identity",
 		      "{\"access_key\":\"ASIATOKEN000000001\",\"secret\":\"s3\",\"token\":\"t1\","
 		      "\"session\":\"" INSTANCE "\"}"));
 	struct aws_credentials tok = {"ASIATOKEN000000001", "s3", "t1", 0, "test"};
@@ -585,7 +487,7 @@ static void test_verifier_faults(void **state)
 	if (r.verdict != STS_VERIFIED)
 		fail_msg("not verified with a session token: %s", r.reason);
 	cJSON_Delete(p);
-	free(fake_ctl(&V.sts, "POST", "/_fake/fault", "{\"kind\":\"expired_token\"}"));
+	free(fakeproc_http(&V.sts, "POST", "/_fake/fault", "{\"kind\":\"expired_token\"}"));
 	p = fresh_proof(&tok);
 	verify(p, INSTANCE, &r);
 	assert_int_equal(r.verdict, STS_REFUSED);

@@ -16,17 +16,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 #include <curl/curl.h>
 #include <ev.h>
 
-#include "buf.h"
 #include "clock.h"
 #include "config.h"
 #include "ecrauth.h"
+#include "fakeproc.h"
 #include "http_client.h"
 #include "json.h"
 #include "log.h"
@@ -39,82 +38,18 @@
 
 /* ---- the fake ---- */
 
-static pid_t fake_pid;
-static int fake_port;
+static struct fakeproc fake;
 
 static void fake_start(void)
 {
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[512];
-	snprintf(script, sizeof script, "%s/tests/fakes/ecr.py", top ? top : ".");
-	int out[2];
-	assert_int_equal(pipe(out), 0);
-	fake_pid = fork();
-	assert_true(fake_pid >= 0);
-	if (fake_pid == 0) {
-		dup2(out[1], 1);
-		close(out[0]);
-		close(out[1]);
-		execlp("python3", "python3", script, "--access-key", AKID, "--secret-key", SECRET,
-		       "--proxy-endpoint", PROXY, "--account", ACCOUNT, (char *)NULL);
-		_exit(127);
-	}
-	close(out[1]);
-	char line[32] = {0};
-	size_t n = 0;
-	while (n < sizeof line - 1) {
-		ssize_t k = read(out[0], line + n, 1);
-		if (k <= 0 || line[n] == '\n')
-			break;
-		n++;
-	}
-	close(out[0]);
-	fake_port = atoi(line);
-	if (fake_port <= 0)
-		fail_msg("the fake ECR did not start (%s)", script);
-}
-
-static void fake_stop(void)
-{
-	if (fake_pid > 0) {
-		kill(fake_pid, SIGTERM);
-		int st;
-		waitpid(fake_pid, &st, 0);
-		fake_pid = 0;
-	}
-}
-
-static size_t curl_sink(char *data, size_t size, size_t n, void *arg)
-{
-	buf_append(arg, data, size * n);
-	return size * n;
+	const char *args[] = {"--access-key", AKID, "--secret-key", SECRET, "--proxy-endpoint",
+			      PROXY, "--account", ACCOUNT, NULL};
+	assert_int_equal(fakeproc_start(&fake, "ecr.py", args), 0);
 }
 
 static cJSON *ctl(const char *method, const char *path, const char *body)
 {
-	CURL *c = curl_easy_init();
-	assert_non_null(c);
-	char url[1024];
-	snprintf(url, sizeof url, "http://127.0.0.1:%d%s", fake_port, path);
-	struct buf out;
-	buf_init(&out, 16 << 20);
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-	if (body)
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, curl_sink);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
-	CURLcode rc = curl_easy_perform(c);
-	long status = 0;
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-	curl_easy_cleanup(c);
-	if (rc != CURLE_OK || status != 200)
-		fail_msg("fake %s %s: %s, HTTP %ld", method, path, curl_easy_strerror(rc), status);
-	cJSON *doc = cJSON_ParseWithLength(out.data ? out.data : "", out.len);
-	buf_free(&out);
-	assert_non_null(doc);
-	return doc;
+	return fakeproc_json(&fake, method, path, body);
 }
 
 static int live_password(const char *pw)
@@ -251,7 +186,7 @@ static void wait_done(struct fix *f, struct got *g)
 static struct ecrauth *make(struct fix *f, const char *registry_id)
 {
 	char endpoint[64];
-	snprintf(endpoint, sizeof endpoint, "http://127.0.0.1:%d", fake_port);
+	snprintf(endpoint, sizeof endpoint, "http://127.0.0.1:%d", fake.port);
 	struct ecrauth_opts o = {.region = "us-east-1", .endpoint = endpoint,
 				 .registry_id = registry_id, .registry_host = "127.0.0.1:5998"};
 	struct err err = {{0}};
@@ -284,7 +219,7 @@ static int teardown(void **state)
 	ecrauth_free(f->ea);
 	http_client_free(f->http);
 	ev_loop_destroy(f->loop);
-	fake_stop();
+	fakeproc_stop(&fake);
 	clock_fake_off();
 	free(f);
 	return 0;

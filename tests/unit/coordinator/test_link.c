@@ -11,10 +11,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <signal.h>
-#include <sys/wait.h>
-
 #include "coord_fixture.h"
+#include "fakeproc.h"
 #include "link.h"
 #include "secrets.h"
 #include "sshkey.h"
@@ -25,47 +23,17 @@
 
 static struct {
 	struct fx f;
-	pid_t fake;
-	int fake_stdin;
-	int fake_port;
-	char gl_url[64];
+	struct fakeproc gitlab;
 	char body[1024];
 } L;
 
-/* Starts the fake GitLab; its first stdout line is its port. */
+/* Starts the fake GitLab. */
 static int start_fake(void)
 {
-	int in[2], out[2];
-	if (pipe(in) < 0 || pipe(out) < 0)
-		return -1;
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[512];
-	snprintf(script, sizeof script, "%s/tests/fakes/gitlab.py", top && *top ? top : ".");
-	L.fake = fork();
-	if (L.fake < 0)
-		return -1;
-	if (L.fake == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		close(in[1]);
-		close(out[0]);
-		execlp("python3", "python3", script, "--token", GL_TOKEN, "--project",
-		       "group/web:42:main:ssh://git@git.example.com/group/web.git", "--project",
-		       "group/other:43", (char *)NULL);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	L.fake_stdin = in[1];
-	char line[32] = "";
-	size_t n = 0;
-	while (n + 1 < sizeof line && read(out[0], line + n, 1) == 1 && line[n] != '\n')
-		n++;
-	line[n] = '\0';
-	close(out[0]);
-	L.fake_port = atoi(line);
-	snprintf(L.gl_url, sizeof L.gl_url, "http://127.0.0.1:%d", L.fake_port);
-	return L.fake_port > 0 ? 0 : -1;
+	const char *args[] = {"--token", GL_TOKEN,
+			      "--project", "group/web:42:main:ssh://git@git.example.com/group/web.git",
+			      "--project", "group/other:43", NULL};
+	return fakeproc_start(&L.gitlab, "gitlab.py", args);
 }
 
 static int setup(void **state)
@@ -89,9 +57,7 @@ static int teardown(void **state)
 	link_free(&L.f.c);
 	worker_pool_free(L.f.c.workers);
 	fx_free(&L.f);
-	close(L.fake_stdin); /* the fake exits at EOF */
-	kill(L.fake, SIGTERM);
-	waitpid(L.fake, NULL, 0);
+	fakeproc_stop(&L.gitlab);
 	return 0;
 }
 
@@ -99,7 +65,7 @@ static int teardown(void **state)
 static cJSON *fake(const char *method, const char *body)
 {
 	char url[128];
-	snprintf(url, sizeof url, "http://127.0.0.1:%d/_control", L.fake_port);
+	snprintf(url, sizeof url, "http://127.0.0.1:%d/_control", L.gitlab.port);
 	struct fx_resp r = {0};
 	buf_init(&r.body, (size_t)4 << 20);
 	const char *headers[] = {"Content-Type: application/json", NULL};
@@ -140,7 +106,7 @@ static long do_link(const char *app, const char *extra, cJSON **out)
 {
 	snprintf(L.body, sizeof L.body,
 		 "{\"gitlab_url\":\"%s\",\"project\":\"group/web\",\"token\":\"" GL_TOKEN "\"%s}",
-		 L.gl_url, extra ? extra : "");
+		 L.gitlab.base, extra ? extra : "");
 	char path[128];
 	snprintf(path, sizeof path, "/v1/apps/%s/link", app);
 	return fx_req(&L.f, "POST", path, L.f.admin_key, L.body, out, NULL);
@@ -217,7 +183,7 @@ static void test_link_then_again(void **state)
 	assert_int_equal(fx_int(&L.f, "SELECT count(*) FROM apps WHERE gitlab_hook_id > 0 AND "
 				      "gitlab_key_id > 0 AND project_id = 42 AND deploy = 'tags' AND "
 				      "gitlab_url = '%s'",
-				 L.gl_url),
+				 L.gitlab.base),
 			 1);
 
 	/* Again, with a branch: same key, same hook (updated), nothing new. */
@@ -253,7 +219,7 @@ static void test_link_then_again(void **state)
 	/* Another project while linked: refused. */
 	snprintf(L.body, sizeof L.body,
 		 "{\"gitlab_url\":\"%s\",\"project\":\"group/other\",\"token\":\"" GL_TOKEN "\"}",
-		 L.gl_url);
+		 L.gitlab.base);
 	assert_int_equal(fx_req(&L.f, "POST", "/v1/apps/web/link", L.f.admin_key, L.body, &o, NULL),
 			 409);
 	assert_non_null(strstr(err_msg(o), "unlink it first"));

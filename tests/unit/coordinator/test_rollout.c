@@ -201,6 +201,25 @@ static void all_at_once(void **state)
 			 2);
 }
 
+/* A store restored from a backup is behind the fleet: the next generation
+ * must be above what the agents report they applied, or they would take it
+ * for an old one and supersede it. */
+static void generation_above_the_fleet(void **state)
+{
+	struct fx *f = *state;
+	char r1[72], r2[72], ro[32];
+	first_release(f, r1);
+	fx_exec(f, "UPDATE agent_apps SET applied_generation = 7 WHERE agent = 'ag_b' AND "
+		   "app = 'web'");
+	assert_int_equal(fx_int(f, "SELECT count(*) FROM agent_apps WHERE agent = 'ag_b' AND "
+				   "applied_generation = 7"),
+			 1);
+	fx_release(f, "web", "reg/web:v2", NULL, r2, sizeof r2);
+	promote(f, r2, "promote", ro);
+	assert_int_equal(fx_int(f, "SELECT generation FROM apps WHERE name = 'web'"), 8);
+	assert_int_equal(fx_int(f, "SELECT generation FROM rollouts WHERE id = '%s'", ro), 8);
+}
+
 static void one_at_a_time(void **state)
 {
 	struct fx *f = *state;
@@ -401,6 +420,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(all_at_once, setup_all, teardown),
 		cmocka_unit_test_setup_teardown(one_at_a_time, setup_one, teardown),
+		cmocka_unit_test_setup_teardown(generation_above_the_fleet, setup_all, teardown),
 		cmocka_unit_test_setup_teardown(canary, setup_canary, teardown),
 		cmocka_unit_test_setup_teardown(failure_reverts_who_took_it, setup_all, teardown),
 		cmocka_unit_test_setup_teardown(one_at_a_time_failure_stops, setup_one, teardown),

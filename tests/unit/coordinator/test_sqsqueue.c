@@ -11,7 +11,6 @@
  * the rest; a job over 256 KiB fails with a clear reason.
  */
 #include <setjmp.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -19,15 +18,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <curl/curl.h>
 
 #include "coord_fixture.h"
 #include "../../../coordinator/sqsqueue.h"
 #include "aws_credentials.h"
+#include "fakeproc.h"
 #include "log.h"
 #include "sqs.h"
 
@@ -36,8 +34,7 @@
 
 /* ---- the fake, a child process (one for the whole group) ---- */
 
-static pid_t fake_pid;
-static int fake_port;
+static struct fakeproc fake;
 
 static int group_setup(void **state)
 {
@@ -48,75 +45,22 @@ static int group_setup(void **state)
 	unsetenv("AWS_SESSION_TOKEN");
 	setenv("AWS_EC2_METADATA_DISABLED", "true", 1);
 	setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/slipway-test", 1);
-	const char *top = getenv("SLIPWAY_TOP");
-	char script[512];
-	snprintf(script, sizeof script, "%s/tests/fakes/sqs.py", top ? top : ".");
-	int out[2];
-	if (pipe(out) != 0)
-		return -1;
-	fake_pid = fork();
-	if (fake_pid == 0) {
-		dup2(out[1], 1);
-		close(out[0]);
-		close(out[1]);
-		execlp("python3", "python3", script, "--access-key", AKID, "--secret-key", SECRET,
-		       "--deleted-recently-s", "0", (char *)NULL);
-		_exit(127);
-	}
-	close(out[1]);
-	char line[32] = {0};
-	size_t n = 0;
-	while (n < sizeof line - 1) {
-		ssize_t k = read(out[0], line + n, 1);
-		if (k <= 0 || line[n] == '\n')
-			break;
-		n++;
-	}
-	close(out[0]);
-	fake_port = atoi(line);
-	return fake_port > 0 ? 0 : -1;
+	const char *args[] = {"--access-key", AKID, "--secret-key", SECRET,
+			      "--deleted-recently-s", "0", NULL};
+	return fakeproc_start(&fake, "sqs.py", args);
 }
 
 static int group_teardown(void **state)
 {
 	(void)state;
-	if (fake_pid > 0) {
-		kill(fake_pid, SIGTERM);
-		int st;
-		waitpid(fake_pid, &st, 0);
-	}
+	fakeproc_stop(&fake);
 	return 0;
-}
-
-static size_t curl_sink(char *data, size_t size, size_t n, void *arg)
-{
-	buf_append(arg, data, size * n);
-	return size * n;
 }
 
 /* A blocking control request to the fake; the parsed answer (cJSON_Delete it). */
 static cJSON *ctl(const char *method, const char *path, const char *body)
 {
-	CURL *c = curl_easy_init();
-	assert_non_null(c);
-	char url[512];
-	snprintf(url, sizeof url, "http://127.0.0.1:%d%s", fake_port, path);
-	struct buf out;
-	buf_init(&out, 64 << 20);
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-	if (body)
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, curl_sink);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
-	CURLcode rc = curl_easy_perform(c);
-	curl_easy_cleanup(c);
-	assert_int_equal(rc, CURLE_OK);
-	cJSON *doc = cJSON_ParseWithLength(out.data ? out.data : "", out.len);
-	buf_free(&out);
-	assert_non_null(doc);
-	return doc;
+	return fakeproc_json(&fake, method, path, body);
 }
 
 /* The fake's queue named name (a copy; NULL when there is none). */
@@ -163,7 +107,7 @@ static int setup(void **state)
 		 "queue.backend = sqs\nqueue.sqs_region = us-east-1\n"
 		 "queue.sqs_endpoint = http://127.0.0.1:%d\nqueue.sqs_prefix = ut-\n"
 		 "queue.sqs_sweep_interval = 0\nqueue.sqs_lost_grace = 1h\nqueue.lease = 30s\n",
-		 fake_port);
+		 fake.port);
 	fx_init(&t->f, extra, 1);
 	t->f.c.http = t->f.http;
 	struct err err = {{0}};
@@ -174,7 +118,7 @@ static int setup(void **state)
 	sqsqueue_start(t->s);
 	struct aws_credentials_opts co = {.no_file = 1, .no_imds = 1};
 	char endpoint[64];
-	snprintf(endpoint, sizeof endpoint, "http://127.0.0.1:%d", fake_port);
+	snprintf(endpoint, sizeof endpoint, "http://127.0.0.1:%d", fake.port);
 	struct sqs_opts so = {.region = "us-east-1", .endpoint = endpoint, .retry_base_ms = 5};
 	t->creds = aws_credentials_new(t->f.loop, t->f.http, &co, &err);
 	t->sqs = t->creds ? sqs_new(t->f.loop, t->f.http, t->creds, &so, &err) : NULL;
