@@ -200,12 +200,15 @@ static void transition_done(int rc, void *arg)
 		ag->persisted_seen_ms = ag->last_seen_ms;
 		switch (t->kind) {
 		case T_LOST:
+			/* Scale-in: a draining instance that stops calling is gone. */
+			ag->lost_draining = ag->state == AGENT_DRAINING;
 			ag->state = AGENT_LOST;
 			break;
 		case T_DRAIN:
 			ag->state = AGENT_DRAINING;
 			break;
 		default:
+			ag->lost_draining = false;
 			ag->state = AGENT_LIVE;
 			break;
 		}

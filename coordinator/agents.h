@@ -57,6 +57,7 @@ struct agent {
 	int transition;            /* a state change is being written to the store */
 	int64_t last_seen_ms;      /* wall clock */
 	int64_t persisted_seen_ms; /* last_seen_ms the store holds */
+	bool lost_draining;        /* went silent while draining: the instance left */
 	uint8_t apps_digest[CRYPTO_SHA256_LEN]; /* last heartbeat's apps, to skip repeats */
 	void *waiter;              /* queue.c: the agent's long poll */
 	struct agent *next;        /* hash chain */

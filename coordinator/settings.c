@@ -73,8 +73,8 @@ const struct config_key coord_settings[] = {
 	 .help = "How often orphaned queues are looked for (0: never)", .min = 0,
 	 .max = 86400000},
 	{.name = "queue.sqs_lost_grace", .type = CONFIG_DURATION, .default_value = "1h",
-	 .help = "A lost agent's queue is deleted after this long (it registers again if it "
-		 "comes back)", .min = 0, .max = (int64_t)30 * 86400000},
+	 .help = "A lost agent's queue is deleted after this long, one that was draining at "
+		 "the next sweep (it registers again if it comes back)", .min = 0, .max = (int64_t)30 * 86400000},
 	{.name = "queue.sqs_concurrency", .type = CONFIG_INT, .default_value = "64",
 	 .help = "Agents sent to at once (SendMessageBatch calls in flight)", .min = 1,
 	 .max = 4096},

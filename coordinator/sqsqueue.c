@@ -841,8 +841,8 @@ static int still_needed(struct sqsqueue *s, const struct sq_agent *e, int64_t no
 	case AGENT_LIVE:
 	case AGENT_DRAINING:
 		return 1;
-	case AGENT_LOST:
-		return now - ag->last_seen_ms < s->lost_grace_ms;
+	case AGENT_LOST: /* a drained instance left for good: no grace */
+		return !ag->lost_draining && now - ag->last_seen_ms < s->lost_grace_ms;
 	default:
 		return 0;
 	}

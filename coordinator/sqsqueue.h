@@ -18,8 +18,8 @@
  * sqs_queues, created by this module) and returned in the registration answer
  * (queue_url, queue_region). A queue is deleted when its agent is removed
  * (sqsqueue_agent_left) and by the sweep (every queue.sqs_sweep_interval): a
- * queue under the prefix whose agent is unknown, gone, or lost longer than
- * queue.sqs_lost_grace is an orphan.
+ * queue under the prefix whose agent is unknown, gone, lost longer than
+ * queue.sqs_lost_grace, or lost after draining (scale-in) is an orphan.
  *
  * Sending: at most queue.sqs_concurrency agents are served at once (lease,
  * then SendMessageBatch: <= 10 entries and <= 256 KiB per call); the client

@@ -408,10 +408,11 @@ static void make_queue(struct t *t, const char *name)
 static void test_sweep(void **state)
 {
 	struct t *t = *state;
-	char live[80], lost[80], recent[80];
+	char live[80], lost[80], recent[80], drained[80];
 	assert_int_equal(reg(t, "i-0live", live, NULL), 200);
 	assert_int_equal(reg(t, "i-0lost", lost, NULL), 200);
 	assert_int_equal(reg(t, "i-0recent", recent, NULL), 200);
+	assert_int_equal(reg(t, "i-0drained", drained, NULL), 200);
 	make_queue(t, "ut-orphan-1");
 	make_queue(t, "other-keep");
 	/* Lost for longer than the grace, and lost only just. */
@@ -421,6 +422,11 @@ static void test_sweep(void **state)
 	ag = agents_find(t->f.c.agents, recent);
 	ag->state = AGENT_LOST;
 	ag->last_seen_ms = clock_wall_ms() - 60 * 1000;
+	/* Lost only just too, but it was draining (scale-in): it left. */
+	ag = agents_find(t->f.c.agents, drained);
+	ag->state = AGENT_LOST;
+	ag->lost_draining = true;
+	ag->last_seen_ms = clock_wall_ms() - 60 * 1000;
 	uint64_t before = stats(t).queues_deleted;
 	sqsqueue_sweep_now(t->s);
 	WAIT(t, stats(t).sweeps == 1 && sqsqueue_idle(t->s));
@@ -428,9 +434,10 @@ static void test_sweep(void **state)
 	assert_true(fake_has("ut-i-0live"));
 	assert_true(fake_has("ut-i-0recent"));
 	assert_false(fake_has("ut-i-0lost"));
+	assert_false(fake_has("ut-i-0drained"));
 	assert_false(fake_has("ut-orphan-1"));
 	assert_true(fake_has("other-keep")); /* not under the prefix */
-	assert_true(stats(t).queues_deleted >= before + 2);
+	assert_true(stats(t).queues_deleted >= before + 3);
 	assert_null(sqsqueue_url(t->s, lost));
 	assert_non_null(sqsqueue_url(t->s, live));
 	assert_int_equal(fx_int(&t->f, "SELECT count(*) FROM sqs_queues WHERE agent = '%s'", lost),
